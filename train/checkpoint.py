@@ -1,0 +1,174 @@
+"""Reading and writing HiRN checkpoints in the published format.
+
+A published checkpoint is a dict with the state dict under ``params`` (and
+``params_ema`` when trained with EMA). Bare state dicts and ``module.``
+prefixes (DataParallel / DDP) are accepted too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+PARAM_KEYS = ("params", "params_ema")
+_SHOWN = 5  # keys listed per kind of mismatch
+
+
+def _read(path: str | os.PathLike, map_location) -> object:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''} - is it a "
+                              "complete PyTorch .pth file?") from exc
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(v, Tensor) for v in obj.values())
+
+
+def extract_state_dict(checkpoint: object, param_key: str | None = None,
+                       source: str = "checkpoint") -> dict[str, Tensor]:
+    """The state dict inside a loaded checkpoint, ``module.`` prefixes removed.
+
+    Args:
+        checkpoint: what ``torch.load`` returned.
+        param_key: ``params`` or ``params_ema``; default ``params``, else the
+            only one present. Ignored for a bare state dict.
+        source: how to name the checkpoint in errors.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a dict of "
+                              "weights")
+    present = [k for k in PARAM_KEYS if k in checkpoint]
+    if present:
+        if param_key is None:
+            param_key = "params" if "params" in present else present[0]
+        elif param_key not in checkpoint:
+            raise CheckpointError(f"{source} has no {param_key!r} entry; it has {present}")
+        state = checkpoint[param_key]
+    elif param_key is not None and param_key in checkpoint:
+        state = checkpoint[param_key]
+    elif _is_state_dict(checkpoint):
+        state = checkpoint
+    else:
+        keys = list(checkpoint)[:_SHOWN]
+        raise CheckpointError(f"{source} has neither 'params' nor 'params_ema' and is not a "
+                              f"state dict (top-level keys: {keys}); pass param_key to pick one")
+    if not _is_state_dict(state):
+        raise CheckpointError(f"{source}[{param_key!r}] is not a state dict of tensors")
+    prefix = "module."
+    if all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(f'"{k}"' for k in keys[:_SHOWN])
+    more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return shown + more
+
+
+def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], source: str,
+                     target: str = "HiRN", strict: bool = True) -> None:
+    """Raise :class:`CheckpointError` describing every mismatch with ``expected``."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k}: {list(state[k].shape)} vs model {list(expected[k].shape)}"
+                   for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if strict and unexpected:
+        hint = ""
+        if any(k.startswith("module.") for k in unexpected):
+            hint = " (some start with 'module.': a mix of prefixed and plain keys)"
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}{hint}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} keys with the wrong shape: {_listing(wrong_shape)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {target}:\n  " + "\n  ".join(problems)
+                              + "\nIs it a checkpoint of the same model and configuration?")
+
+
+def load_state(model: nn.Module, path: str | os.PathLike, *, param_key: str | None = None,
+               strict: bool = True, map_location="cpu") -> nn.Module:
+    """Load a checkpoint file into ``model`` (in place) and return it."""
+    state = extract_state_dict(_read(path, map_location), param_key, source=str(path))
+    target = type(model).__name__
+    if hasattr(model, "mid_channels"):
+        target += f" (mid_channels={model.mid_channels}, num_blocks={model.num_blocks})"
+    check_state_dict(model.state_dict(), state, str(path), target, strict=strict)
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def load_model(path: str | os.PathLike, *, param_key: str | None = None, strict: bool = True,
+               map_location="cpu", **config):
+    """Build a :class:`HiRN` from a checkpoint file, in eval mode.
+
+    Args:
+        path: a ``.pth`` checkpoint (published format, bare state dict, or
+            with ``module.`` prefixes).
+        param_key: ``params`` or ``params_ema`` (default: ``params``, else the
+            only one present).
+        strict: require every key to match.
+        map_location: passed to ``torch.load``.
+        **config: ``HiRN`` constructor arguments (defaults: published model).
+    """
+    from .hirn import HiRN
+
+    model = HiRN(**config)
+    load_state(model, path, param_key=param_key, strict=strict, map_location=map_location)
+    return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+                    ).eval()
+
+
+def save_checkpoint(path: str | os.PathLike, params: nn.Module | Mapping[str, Tensor],
+                    params_ema: nn.Module | Mapping[str, Tensor] | None = None) -> Path:
+    """Write ``{"params": ..., ["params_ema": ...]}`` atomically (temp file, then rename)."""
+    def state_of(obj):
+        obj = obj.state_dict() if isinstance(obj, nn.Module) else obj
+        return {k: v.detach().cpu() for k, v in obj.items()}
+
+    checkpoint = {"params": state_of(params)}
+    if params_ema is not None:
+        checkpoint["params_ema"] = state_of(params_ema)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_spynet(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Initialise ``model.spynet`` from SpyNet weights (e.g. ``spynet_sintel_final.pth``).
+
+    The file maps ``basic_module.*`` (optionally prefixed ``spynet.``) to
+    tensors; the mean/std buffers keep their fixed values when absent.
+    """
+    state = extract_state_dict(_read(path, "cpu"), source=str(path))
+    state = {k.removeprefix("spynet."): v for k, v in state.items()}
+    # The mean/std buffers are constants: files without them keep ours.
+    expected = {k: v for k, v in model.spynet.state_dict().items()
+                if k in state or k not in ("mean", "std")}
+    check_state_dict(expected, state, str(path), "SpyNet")
+    model.spynet.load_state_dict(state, strict=False)
+    return model
