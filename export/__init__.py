@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Per-step ONNX graphs, their manifest, and TensorRT engines."""

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The deformable-convolution CUDA kernel and its TensorRT plugin."""

@@ -1,0 +1,101 @@
+"""The recurrence plan: complete, causal, and faithful to the original's quirks."""
+
+import subprocess
+import sys
+
+import pytest
+from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
+
+
+def test_importing_the_schedule_needs_no_torch():
+    code = "import sys, hirn.runtime.schedule; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 6, 7, 8, 14, 15, 16, 17, 31, 33, 50])
+def test_steps_read_only_what_is_already_computed(t):
+    plan = make_plan(t)
+    done = {FeatureRef(SPATIAL, i) for i in range(t)}
+    for step in plan.steps:
+        assert all(ref in done for ref in step.reads()), step
+        assert step.output not in done, f"{step.output} computed twice"
+        assert all(0 <= f.index <= t - 2 for f in step.flows())
+        assert step.aligned == (step.feat_a is not None or bool(step.flow_a))
+        done.add(step.output)
+    for branch in ("backward", "forward"):
+        assert {s.frame for s in plan.steps if s.branch == branch} == set(range(t))
+
+
+def test_branch_order_and_directions():
+    plan = make_plan(5)
+    assert [s.branch for s in plan.steps][:10] == ["backward"] * 5 + ["forward"] * 5
+    assert [s.frame for s in plan.steps if s.branch == "backward"] == [4, 3, 2, 1, 0]
+    step = next(s for s in plan.steps if s.branch == "forward" and s.frame == 3)
+    assert step.feat_a == FeatureRef("forward", 2) and step.feat_b == FeatureRef("forward", 1)
+    assert step.flow_a == (FlowRef("forward", 2),)
+    assert step.flow_b == (FlowRef("forward", 2), FlowRef("forward", 1))
+    assert step.context == (FeatureRef("backward", 3),)
+
+
+@pytest.mark.parametrize("t, missing", [(6, []), (8, [7]), (15, [7, 14]), (16, []), (17, [])])
+def test_gop7_leaves_frames_7_and_14_uncomputed(t, missing):
+    plan = make_plan(t)
+    group = {s.frame for s in plan.steps if s.branch == "group"}
+    assert sorted(set(range(t)) - group) == missing
+    for frame in missing:
+        assert plan.decode_inputs(frame)[3] is None
+        readers = [s for s in plan.steps if FeatureRef("group", frame) in (s.feat_a, s.feat_b)]
+        assert not readers  # later columns read zeros in its place
+
+
+def test_group_chain_repeats_flow_k_minus_1():
+    """The chain towards l1 reads fb[F] twice, as the checkpoints were trained."""
+    plan = make_plan(17)
+    step = next(s for s in plan.steps if s.branch == "group" and s.frame == 1)  # l1 = 2
+    assert step.feat_a == FeatureRef("group", 0) and step.feat_b == FeatureRef("group", 2)
+    assert step.flow_a == (FlowRef("forward", 0),)
+    assert step.flow_b == (FlowRef("backward", 1),)
+    step = next(s for s in plan.steps if s.branch == "group" and s.frame == 2)  # l1 = 4
+    assert step.flow_b == (FlowRef("backward", 2), FlowRef("backward", 2))
+    step = next(s for s in plan.steps if s.branch == "group" and s.frame == 8)
+    assert step.flow_b == tuple(FlowRef("backward", i) for i in (8, 8, 9, 10, 11, 12, 13, 14))
+    assert step.flow_a == tuple(FlowRef("forward", i) for i in range(7, -1, -1))
+
+
+def test_gop16_second_group_skips_its_first_column():
+    plan = make_plan(33)
+    group_frames = [s.frame for s in plan.steps if s.branch == "group"]
+    assert group_frames[:3] == [0, 16, 8]
+    assert group_frames.count(16) == 1 and group_frames.count(32) == 1
+    assert sorted(group_frames) == list(range(33))
+    # Clipped l1: frame 32 (second group's f=16) reads frame 32 itself -> zero flow.
+    last = next(s for s in plan.steps if s.branch == "group" and s.frame == 32)
+    assert last.flow_b == () and last.feat_b is None
+
+
+def test_first_frame_of_each_branch_is_unaligned():
+    plan = make_plan(4)
+    first = [s for s in plan.steps if not s.aligned]
+    assert [(s.branch, s.frame) for s in first] == [("backward", 3), ("forward", 0), ("group", 0)]
+    assert all(s.aligned for s in make_plan(1).steps) is False
+
+
+def test_every_flow_is_listed_and_mirror_mapping():
+    plan = make_plan(6)
+    assert len(plan.flows()) == 10
+    assert mirrored(FlowRef("forward", 0), 6) == FlowRef("backward", 4)
+    assert mirrored(FlowRef("backward", 3), 6) == FlowRef("backward", 3)
+    assert FlowRef("forward", 1).frames() == (2, 1)
+
+
+def test_context_follows_branch_order():
+    for step in make_plan(3).steps:
+        k = BRANCHES.index(step.branch)
+        assert step.context == tuple(FeatureRef(b, step.frame) for b in BRANCHES[:k])
+
+
+def test_rejects_empty_clip():
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        make_plan(0)

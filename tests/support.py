@@ -1,0 +1,35 @@
+"""What the tests share: where ../shared is, tolerances (defined only here), helpers."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HIRN_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+DATA = SHARED / "data"
+WEIGHTS = SHARED / "weights"
+REFERENCE_WEIGHTS = REFERENCE / "hirn_random_seed1.pth"
+CALENDAR_LR = DATA / "vid4" / "calendar" / "LR_bicubic_matlab"
+
+# Tolerances, all in one place (max abs error unless named otherwise).
+MODEL_ATOL = 1e-4        # model output vs the original implementation (float32)
+FLOW_ATOL = 1e-5         # SpyNet flows vs the original
+DCN_ATOL = 1e-5          # deformable conv vs the plain-loop reference
+FP16_MIN_PSNR_DB = 40.0  # autocast FP16 output vs FP32 (GPU)
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Skip, saying why, when a file from ../shared is absent."""
+    return pytest.mark.skipif(not path.exists(),
+                              reason=f"{path} is absent (the ../shared checkout is needed)")
+
+
+def psnr(a, b, peak: float = 1.0) -> float:
+    """PSNR in dB of two float arrays/tensors; inf when equal."""
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
