@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,14 +48,15 @@ class SpyNet(nn.Module):
 
     def _estimate(self, ref: Tensor, supp: Tensor) -> Tensor:
         refs, supps = self._pyramid(ref), self._pyramid(supp)
-        n, _, h0, w0 = refs[0].shape
-        flow = ref.new_zeros(n, 2, h0 // 2, w0 // 2)
+        flow = None
         for level, (ref_l, supp_l) in enumerate(zip(refs, supps)):
-            up = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2.0
-            if up.size(3) != ref_l.size(3):
-                up = F.pad(up, [0, 1, 0, 0], mode="replicate")
-            if up.size(2) != ref_l.size(2):
-                up = F.pad(up, [0, 0, 0, 1], mode="replicate")
+            if flow is None:
+                # The original upsamples a zero flow of half the coarsest size and
+                # pads it: zeros of the coarsest size, with no size test to trace.
+                up = torch.zeros_like(ref_l[:, :2])
+            else:
+                # Sizes are divisible by 32, so each level is exactly twice the last.
+                up = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2.0
             warped = flow_warp(supp_l, up, padding_mode="border")
             flow = self.basic_module[level](torch.cat([ref_l, warped, up], dim=1)) + up
         return flow
@@ -73,10 +72,10 @@ class SpyNet(nn.Module):
         """
         h, w = ref.shape[-2:]
         # The network needs sizes divisible by 2^5; it always resizes, even when they are.
-        hr, wr = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+        # Integer arithmetic (not math.ceil) so that ONNX export keeps sizes dynamic.
+        hr, wr = (h + 31) // 32 * 32, (w + 31) // 32 * 32
         ref = F.interpolate(ref, size=(hr, wr), mode="bilinear", align_corners=False)
         supp = F.interpolate(supp, size=(hr, wr), mode="bilinear", align_corners=False)
         flow = F.interpolate(self._estimate(ref, supp), size=(h, w), mode="bilinear",
                              align_corners=False)
-        scale = torch.tensor([w / wr, h / hr], dtype=flow.dtype, device=flow.device)
-        return flow * scale.view(1, 2, 1, 1)
+        return torch.cat([flow[:, :1] * (w / wr), flow[:, 1:] * (h / hr)], dim=1)

@@ -24,7 +24,8 @@ class Encode(nn.Module):
         self.feat_extract = feat_extract
 
     def forward(self, frames: Tensor) -> Tensor:
-        return self.feat_extract(frames)
+        # Frames arrive in FP32; an FP16 model takes them in its own precision.
+        return self.feat_extract(frames.to(self.feat_extract.main[0].weight.dtype))
 
 
 class Flow(nn.Module):
@@ -98,7 +99,8 @@ class Decode(nn.Module):
         h = F.leaky_relu(F.pixel_shuffle(self.upconv2(h), 2), 0.1)
         h = self.conv_last(F.leaky_relu(self.conv_hr(h), 0.1))
         base = F.interpolate(lq, scale_factor=4, mode="bilinear", align_corners=False)
-        return h + base.to(h.dtype)
+        # The output keeps the frames' precision (FP32) whatever the features'.
+        return h.to(base.dtype) + base
 
 
 @dataclass(frozen=True)

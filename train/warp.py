@@ -15,6 +15,11 @@ def pixel_grid(height: int, width: int, like: Tensor) -> Tensor:
     return torch.stack((grid_x, grid_y), dim=2)
 
 
+def _last_index(size) -> int:
+    """``max(size - 1, 1)``; traced sizes (ONNX export) are never 1 for valid frames."""
+    return size - 1 if torch.jit.is_tracing() else max(size - 1, 1)
+
+
 def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Sample ``x`` at each pixel displaced by ``flow`` (bilinear).
 
@@ -30,8 +35,8 @@ def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
     _, _, h, w = x.shape
     # Same arithmetic order as the original so results agree to rounding.
     vgrid = pixel_grid(h, w, flow) + flow.permute(0, 2, 3, 1)
-    vgrid_x = 2.0 * vgrid[..., 0] / max(w - 1, 1) - 1.0
-    vgrid_y = 2.0 * vgrid[..., 1] / max(h - 1, 1) - 1.0
+    vgrid_x = 2.0 * vgrid[..., 0] / _last_index(w) - 1.0
+    vgrid_y = 2.0 * vgrid[..., 1] / _last_index(h) - 1.0
     grid = torch.stack((vgrid_x, vgrid_y), dim=3)
     # Sampling positions stay in the flow's precision (FP32 when features are
     # FP16): half-precision grids lose sub-pixel accuracy at large sizes.
