@@ -12,8 +12,7 @@ import time
 
 import click
 import torch
-from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, peak_rss_mib, \
-    write_results
+from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, peak_rss_mib, write_results
 
 from hirn.train import HiRN, load_model
 

@@ -7,6 +7,10 @@ torchvision and exports to ONNX with standard operators.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,6 +18,53 @@ from torch import Tensor
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# How ``deform_conv2d`` appears in an ONNX graph traced by the exporter:
+# "decomposed" (GridSample, MatMul, ...), "onnx" (the standard DeformConv op, opset 19)
+# or "plugin" (our own HirnDeformConv node, run by the TensorRT plugin).
+EXPORT_FORMS = ("onnx", "decomposed", "plugin")
+_export_form = "decomposed"
+PLUGIN_DOMAIN, PLUGIN_OP = "hirn", "HirnDeformConv"
+
+
+@contextmanager
+def export_form(form: str) -> Iterator[None]:
+    """Within this block, traced ``deform_conv2d`` calls export as ``form``."""
+    global _export_form
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"unknown deformable-conv form {form!r}; choose from {EXPORT_FORMS}")
+    previous, _export_form = _export_form, form
+    try:
+        yield
+    finally:
+        _export_form = previous
+
+
+class _DeformConvNode(torch.autograd.Function):
+    """Exports as one DeformConv / HirnDeformConv node.
+
+    Used only while tracing: the traced values need the right shape, not the
+    right numbers (tracing the full computation here breaks the exporter).
+    """
+
+    @staticmethod
+    def forward(ctx, input, offset, mask, weight, bias, stride, padding, dilation, kernel,
+                groups, form):
+        return input.new_zeros(input.shape[0], weight.shape[0], *offset.shape[-2:])
+
+    @staticmethod
+    def symbolic(g, input, offset, mask, weight, bias, stride, padding, dilation, kernel,
+                 groups, form):
+        kh, kw = kernel
+        if form == "onnx":
+            return g.op("DeformConv", input, weight, offset, bias, mask,
+                        dilations_i=list(dilation), group_i=1, kernel_shape_i=[kh, kw],
+                        offset_group_i=groups, pads_i=[padding[0], padding[1]] * 2,
+                        strides_i=list(stride))
+        return g.op(f"{PLUGIN_DOMAIN}::{PLUGIN_OP}", input, offset, mask, weight, bias,
+                    stride_i=list(stride), padding_i=list(padding), dilation_i=list(dilation),
+                    deformable_groups_i=groups)
 
 
 def deform_conv2d(
@@ -42,6 +93,20 @@ def deform_conv2d(
         ``[N, C_out, H_out, W_out]``. Samples are bilinear; positions outside
         the input read zeros.
     """
+    if torch.jit.is_tracing() and _export_form != "decomposed":
+        if mask is None or bias is None:
+            raise ValueError("the DeformConv export forms need a mask and a bias")
+        with warnings.catch_warnings():  # channel counts are constants of the graph
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
+            groups = int(offset.shape[1]) // (2 * kernel[0] * kernel[1])
+        return _DeformConvNode.apply(input, offset, mask, weight, bias, _pair(stride),
+                                     _pair(padding), _pair(dilation), kernel, groups,
+                                     _export_form)
+    return _decomposed(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def _decomposed(input, offset, weight, bias, stride, padding, dilation, mask):
     n, c_in, h, w = input.shape
     c_out, c_in_per_wgroup, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)

@@ -8,8 +8,9 @@ modules (``hirn.train.steps``).
 from __future__ import annotations
 
 import torch
-from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowChain, FlowRef, make_plan
 from torch import Tensor, nn
+
+from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowChain, FlowRef, make_plan
 
 from .alignment import SecondOrderDeformableAlignment
 from .attention import temporal_wavelet_attention

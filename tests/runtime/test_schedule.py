@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
 
 

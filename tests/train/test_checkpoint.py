@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from hirn.train import CheckpointError, HiRN, load_model, load_spynet, save_checkpoint
 from support import REFERENCE_WEIGHTS, WEIGHTS, needs_shared
+
+from hirn.train import CheckpointError, HiRN, load_model, load_spynet, save_checkpoint
 
 SPYNET = WEIGHTS / "spynet_sintel_final.pth"
 

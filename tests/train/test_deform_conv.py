@@ -5,8 +5,9 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from hirn.train.deform_conv import deform_conv2d
 from support import DCN_ATOL
+
+from hirn.train.deform_conv import deform_conv2d
 
 
 def _bilinear_zero_outside(img: np.ndarray, y: float, x: float) -> float:

@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
+from support import FLOW_ATOL, REFERENCE, needs_shared
+
 from hirn.runtime.schedule import FlowRef
 from hirn.train import HiRN, InputError
-from support import FLOW_ATOL, REFERENCE, needs_shared
 
 PUBLISHED_PARAMS = 7_513_855
 

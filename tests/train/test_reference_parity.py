@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from hirn.runtime.schedule import FlowRef
-from hirn.train import load_model
 from support import (
     FLOW_ATOL,
     FP16_MIN_PSNR_DB,
@@ -14,6 +12,9 @@ from support import (
     needs_shared,
     psnr,
 )
+
+from hirn.runtime.schedule import FlowRef
+from hirn.train import load_model
 
 CASES = ["hirn_t6_64x64", "hirn_t17_64x64"]
 pytestmark = needs_shared(REFERENCE_WEIGHTS)

@@ -1,0 +1,154 @@
+"""Export a HiRN checkpoint as per-step ONNX graphs plus ``manifest.json``."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from hirn.train import HiRN, load_model
+from hirn.train.deform_conv import EXPORT_FORMS, PLUGIN_DOMAIN, export_form
+
+from .graphs import FLOW, FRAME, OUTPUT, PRECISIONS, GraphSpec, graph_specs
+from .manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelFolderError,
+    sha256_of,
+    tool_versions,
+    write_manifest,
+)
+
+DEFAULT_OPSET = 19  # the first with the standard DeformConv operator
+# Graphs traced at a size unlike any special case (non-square, not a multiple of 32).
+SAMPLE_HEIGHT, SAMPLE_WIDTH = 66, 98
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export; ``hirn-export onnx`` options map onto these fields."""
+
+    dcn: str = "onnx"            # onnx (DeformConv) | decomposed (plain ops) | plugin
+    precision: str = "fp32"      # fp32 | fp16 (features FP16; flows, grids, frames FP32)
+    opset: int = DEFAULT_OPSET
+    overwrite: bool = False      # replace an existing output folder
+
+    def __post_init__(self):
+        if self.dcn not in EXPORT_FORMS:
+            raise ValueError(f"unknown --dcn {self.dcn!r}; choose from {EXPORT_FORMS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
+        if self.opset < DEFAULT_OPSET and self.dcn == "onnx":
+            raise ValueError(f"DeformConv needs opset >= {DEFAULT_OPSET}; got {self.opset}")
+
+
+def _sample_inputs(spec: GraphSpec, precision: str) -> tuple[torch.Tensor, ...]:
+    batch = 2 if spec.batchable else 1
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for t in spec.inputs:
+        dtype = torch.float16 if t.dtype(precision) == "float16" else torch.float32
+        x = torch.rand(batch, t.channels, SAMPLE_HEIGHT, SAMPLE_WIDTH, generator=generator)
+        if t.kind == FLOW:
+            x = (x - 0.5) * 4
+        tensors.append(x.to(dtype))
+    return tuple(tensors)
+
+
+def _graph_modules(model: HiRN, precision: str) -> dict[str, nn.Module]:
+    """Modules by graph name; in FP16 all but the flow graphs run in half precision."""
+    modules = model.steps.named()
+    if precision == "fp16":
+        half = copy.deepcopy(model).half()
+        half.__dict__["_steps"] = None
+        for name, module in half.steps.named().items():
+            if name not in ("flow", "compose"):
+                modules[name] = module
+    return modules
+
+
+def _export_graph(module: nn.Module, spec: GraphSpec, path: Path, options: ExportOptions) -> None:
+    axes = {}
+    for t in (*spec.inputs, *spec.outputs):
+        suffix = "_x4" if t.kind == OUTPUT else ""
+        axes[t.name] = {0: "batch", 2: f"height{suffix}", 3: f"width{suffix}"}
+    with warnings.catch_warnings(), torch.no_grad(), export_form(options.dcn):
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(module, _sample_inputs(spec, options.precision), str(path),
+                          dynamo=False, opset_version=options.opset,
+                          input_names=[t.name for t in spec.inputs],
+                          output_names=[t.name for t in spec.outputs], dynamic_axes=axes,
+                          do_constant_folding=True)
+    model = onnx.load(str(path))
+    # Our plugin op has no ONNX schema; everything else is checked in full.
+    onnx.checker.check_model(model, full_check=options.dcn != "plugin")
+
+
+def _describe(spec: GraphSpec, precision: str) -> dict:
+    def tensor(t):
+        return {"name": t.name, "kind": t.kind, "shape": t.shape(), "dtype": t.dtype(precision)}
+
+    return {"file": spec.filename, "batchable": spec.batchable,
+            "inputs": [tensor(t) for t in spec.inputs],
+            "outputs": [tensor(t) for t in spec.outputs]}
+
+
+def export_onnx(checkpoint: str | Path | None, output: str | Path,
+                options: ExportOptions = ExportOptions(), model: HiRN | None = None,
+                progress=None) -> dict:
+    """Write every per-step graph of a checkpoint (or ``model``) into ``output``.
+
+    The folder appears complete or not at all: graphs are written to a
+    temporary folder beside it and renamed into place at the end.
+
+    Returns:
+        The manifest written as ``output/manifest.json``.
+    """
+    output = Path(output)
+    if output.exists() and not options.overwrite:
+        raise ModelFolderError(f"{output} already exists; pass --overwrite to replace it")
+    if model is None:
+        model = load_model(checkpoint)
+    model = model.float().eval()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        modules = _graph_modules(model, options.precision)
+        specs = graph_specs(model.mid_channels)
+        graphs = {}
+        for spec in specs:
+            if progress:
+                progress(spec.name)
+            _export_graph(modules[spec.name], spec, staging / spec.filename, options)
+            entry = _describe(spec, options.precision)
+            entry["sha256"] = sha256_of(staging / spec.filename)
+            entry["bytes"] = (staging / spec.filename).stat().st_size
+            graphs[spec.name] = entry
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model": {"architecture": "HiRN", "scale": 4, "mid_channels": model.mid_channels,
+                      "num_blocks": model.num_blocks, "min_size": 64, "size_multiple": 2},
+            "precision": options.precision, "dcn": options.dcn, "opset": options.opset,
+            "custom_domains": [PLUGIN_DOMAIN] if options.dcn == "plugin" else [],
+            "tensor_kinds": {FRAME: "RGB in [0, 1], float32", FLOW: "pixels (x, y), float32",
+                             "feature": "feature maps", OUTPUT: "HR RGB, not clamped, float32"},
+            "checkpoint": ({"file": Path(checkpoint).name, "sha256": sha256_of(checkpoint)}
+                           if checkpoint else None),
+            "tools": tool_versions(), "graphs": graphs,
+        }
+        write_manifest(staging, manifest)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
