@@ -1,0 +1,334 @@
+"""Frame sources: a video file (PyAV) or a folder of images (OpenCV), decoded one frame at a time.
+
+Every frame comes out as ``[H, W, 3]`` uint8 RGB with its presentation timestamp; conversions
+needed to get there (gray, alpha, more than 8 bits) are done once per frame and said once in
+``notes``. Nothing is read ahead: iterating holds one decoded frame (plus the decoder's own
+reorder buffer), whatever the length of the input.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from hirn.runtime.errors import DecodeError, SourceError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  ".pnm")
+DEFAULT_IMAGE_FPS = Fraction(25)
+# A video that ends this far short of the length its header announces is reported as truncated
+# (matroska, for one, just stops at a cut); the slack absorbs edit lists and rounding.
+SHORTFALL_SLACK = (2, 0.05)  # frames, share of the announced length
+
+
+class Frame(NamedTuple):
+    """One decoded frame."""
+
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    pts: int  # presentation timestamp, in units of the source's time_base
+
+
+class FrameSource:
+    """Frames of a video or an image folder, decoded lazily, one at a time.
+
+    Iterating yields :class:`Frame` (``image, pts``) from the first frame; each iteration
+    starts again from the beginning. pts strictly increase.
+
+    Attributes:
+        path: the input.
+        width, height: frame size in pixels.
+        frame_count: the number of frames, or the header's estimate of it; None if unknown.
+        fps: frame rate (the average rate for a variable-rate video).
+        time_base: the unit of pts, in seconds.
+        has_audio: whether the input has audio streams (pass it as a sink's ``audio_from``).
+        sample_aspect_ratio: pixel aspect ratio when not square (anamorphic video), else None.
+        notes: conversions done to reach 8-bit RGB, each said once.
+    """
+
+    path: Path
+    width: int
+    height: int
+    frame_count: int | None
+    fps: Fraction
+    time_base: Fraction
+    has_audio: bool = False
+    sample_aspect_ratio: Fraction | None = None
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.notes: list[str] = []
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.path)!r}, {self.width}x{self.height}, "
+                f"frames={self.frame_count}, fps={self.fps}, audio={self.has_audio})")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``frame2`` before ``frame10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Video files
+
+
+class VideoSource(FrameSource):
+    """A video file in any container and codec FFmpeg decodes (first video stream)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import av
+
+        container = _open_container(path)
+        try:
+            self._probe(container, av)
+        finally:
+            container.close()
+
+    def _probe(self, container, av) -> None:
+        path = self.path
+        name = container.format.name
+        if name in ("image2", "image2pipe") or name.endswith("_pipe"):
+            raise SourceError(f"{path} is a single image, not a video: to upscale images, put "
+                              f"them in a folder and pass the folder")
+        if name == "tty":
+            raise SourceError(f"{path} is not a video (FFmpeg reads it as text): pass a video "
+                              f"file or a folder of images")
+        streams = [s for s in container.streams.video
+                   if not s.disposition & av.stream.Disposition.attached_pic]
+        if not streams:
+            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            raise SourceError(f"{path} has no video stream (it holds {', '.join(kinds)}): "
+                              f"pass a file with video")
+        stream = streams[0]
+        self._stream_index = stream.index
+        try:
+            first = next(container.decode(stream), None)
+        except (av.FFmpegError, OSError) as error:
+            raise DecodeError(f"{path}: its first frame cannot be decoded ({_reason(error)}); "
+                              f"the file is damaged or uses a codec this FFmpeg lacks",
+                              frames_read=0) from error
+        if first is None:
+            raise SourceError(f"{path} holds a video stream but no frames: it is empty")
+        self.width, self.height = first.width, first.height
+        self._note_format(first.format)
+        self.has_audio = len(container.streams.audio) > 0
+        sar = stream.sample_aspect_ratio
+        self.sample_aspect_ratio = Fraction(sar) if sar and sar != 1 else None
+
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            rate = DEFAULT_IMAGE_FPS
+            self._note(f"the video declares no frame rate; {rate} frames/s assumed")
+        self.fps = Fraction(rate)
+        self.time_base = Fraction(stream.time_base) if stream.time_base else 1 / self.fps
+        self.frame_count = self._count_estimate(stream)
+
+    def _count_estimate(self, stream) -> int | None:
+        if stream.frames > 0:  # counted by the muxer (mp4, mov, avi)
+            return int(stream.frames)
+        if stream.duration:
+            return round(stream.duration * self.time_base * self.fps)
+        # matroska keeps no frame count; FFmpeg's muxer tags each track with its duration
+        seconds = _parse_duration(stream.metadata.get("DURATION", ""))
+        if seconds is None:
+            return None
+        start = stream.start_time * self.time_base if stream.start_time else 0
+        return round((seconds - start) * self.fps)
+
+    def _note_format(self, fmt) -> None:
+        comps = fmt.components
+        if len([c for c in comps if not c.is_alpha]) == 1 and not fmt.has_palette:
+            self._note(f"gray video ({fmt.name}) converted to RGB")
+        if any(c.is_alpha for c in comps):
+            self._note(f"alpha channel of {fmt.name} dropped")
+        bits = max(c.bits for c in comps)
+        if bits > 8:
+            self._note(f"{bits}-bit video ({fmt.name}) reduced to 8-bit")
+
+    def __iter__(self) -> Iterator[Frame]:
+        import av
+
+        container = _open_container(self.path)
+        read = 0
+        try:
+            stream = container.streams.video[self._stream_index]
+            stream.thread_type = "AUTO"  # frame + slice threads: decoding keeps up at 4x sizes
+            frames = container.decode(stream)
+            step = max(1, round(1 / (self.fps * self.time_base)))
+            last = None
+            while True:
+                try:
+                    frame = next(frames, None)
+                except (av.FFmpegError, OSError) as error:
+                    raise DecodeError(
+                        f"{self.path}: decoding failed after {read} frames ({_reason(error)}); "
+                        f"the file is damaged or truncated", frames_read=read) from error
+                if frame is None:
+                    break
+                pts = frame.pts
+                if pts is None or (last is not None and pts <= last):
+                    # missing or repeated stamps: keep a strictly increasing timeline
+                    pts = 0 if last is None else last + step
+                    if frame.pts is not None or read > 0:
+                        self._note("some frame timestamps were missing or out of order; "
+                                   "they were replaced by evenly spaced ones")
+                last = pts
+                yield Frame(self._to_rgb(frame), int(pts))
+                read += 1
+        finally:
+            container.close()
+        self._check_length(read)
+
+    def _to_rgb(self, frame) -> np.ndarray:
+        if (frame.width, frame.height) != (self.width, self.height):
+            self._note(f"frames that change size mid-stream were scaled to "
+                       f"{self.width}x{self.height}")
+            return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        # PyAV converts any pixel format (gray, yuv420p10le, rgba, ...) using the frame's own
+        # colour matrix and range tags
+        return frame.to_ndarray(format="rgb24")
+
+    def _check_length(self, read: int) -> None:
+        expected = self.frame_count
+        if expected is None:
+            return
+        frames, share = SHORTFALL_SLACK
+        if read < expected - max(frames, share * expected):
+            raise DecodeError(
+                f"{self.path} ended after {read} frames but its header announces about "
+                f"{expected}: the file looks truncated (an interrupted download or copy?); "
+                f"fetch it again", frames_read=read)
+
+
+def _open_container(path: Path):
+    import av
+
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as error:
+        raise SourceError(
+            f"{path} cannot be opened as a video ({_reason(error)}): is it a video file, and "
+            f"complete? (an MP4 whose end is missing cannot be opened)") from error
+
+
+def _parse_duration(text: str) -> Fraction | None:
+    """Seconds from a matroska ``HH:MM:SS.nnnnnnnnn`` tag; None when absent or malformed."""
+    match = re.fullmatch(r"(\d+):(\d\d):(\d\d)(?:\.(\d+))?", text.strip())
+    if not match:
+        return None
+    hours, minutes, seconds, fraction = match.groups()
+    total = Fraction(int(hours) * 3600 + int(minutes) * 60 + int(seconds))
+    if fraction:
+        total += Fraction(int(fraction), 10 ** len(fraction))
+    return total
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders
+
+
+class ImageFolderSource(FrameSource):
+    """A folder of images (png, jpg, bmp, tif, ...), one frame each, in natural name order.
+
+    Hidden files and files of other types are ignored. Images carry no timing: pts count
+    frames (time_base = 1 / fps).
+    """
+
+    def __init__(self, path: Path, fps: Fraction | float | None = None):
+        super().__init__(path)
+        self.files = sorted((p for p in path.iterdir() if not p.name.startswith(".")
+                             and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                            key=lambda p: natural_key(p.name))
+        if not self.files:
+            raise SourceError(f"{path} holds no images (looked for "
+                              f"{', '.join(IMAGE_SUFFIXES)}): pass a folder of frames")
+        first = self._read(self.files[0], 0)
+        self.height, self.width = first.shape[:2]
+        self._check_png_sizes()
+        self.frame_count = len(self.files)
+        self.fps = Fraction(fps if fps is not None else DEFAULT_IMAGE_FPS).limit_denominator(1001)
+        self.time_base = 1 / self.fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index, file in enumerate(self.files):
+            image = self._read(file, index)
+            if image.shape[:2] != (self.height, self.width):
+                self._size_error(file, image.shape[1], image.shape[0])
+            yield Frame(image, index)
+
+    def _size_error(self, file: Path, width: int, height: int):
+        raise SourceError(
+            f"{file} is {width}x{height} but {self.files[0].name} is {self.width}x{self.height}: "
+            f"all images of a folder must have the same size (resize them or split the folder)")
+
+    def _check_png_sizes(self) -> None:
+        # PNG headers give the size in their first 24 bytes: a mixed folder is refused before
+        # any work is done (other formats are checked as they are read)
+        for file in self.files:
+            if file.suffix.lower() == ".png":
+                size = _png_size(file)
+                if size is not None and size != (self.width, self.height):
+                    self._size_error(file, *size)
+
+    def _read(self, file: Path, index: int) -> np.ndarray:
+        import cv2
+
+        try:
+            data = np.fromfile(file, dtype=np.uint8)
+        except OSError as error:
+            raise DecodeError(f"{file} cannot be read ({_reason(error)})",
+                              frames_read=index) from error
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if image is None:
+            raise DecodeError(f"{file} is not an image OpenCV can decode (damaged or empty?); "
+                              f"{index} frames were read before it", frames_read=index)
+        return self._to_rgb(image, file)
+
+    def _to_rgb(self, image: np.ndarray, file: Path) -> np.ndarray:
+        import cv2
+
+        if image.dtype == np.uint16:
+            self._note("16-bit images reduced to 8-bit")
+            image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        elif image.dtype in (np.float32, np.float64):
+            self._note("floating-point images scaled from [0, 1] to 8-bit")
+            image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+        elif image.dtype != np.uint8:
+            raise SourceError(f"{file} has {image.dtype} samples; expected 8- or 16-bit images")
+        if image.ndim == 2 or image.shape[2] == 1:
+            self._note("gray images converted to RGB")
+            return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        if image.shape[2] == 4:
+            self._note("alpha channel dropped")
+            return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _png_size(file: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk; None when the header is not a PNG's."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])

@@ -1,0 +1,352 @@
+"""Frame sinks: a video file (PyAV: H.264, H.265, FFV1) or a folder of PNGs (OpenCV).
+
+A sink writes into a hidden temporary in the destination folder (``.NAME.<random>.partial.mkv``
+or a ``.partial`` folder) and renames it to the final path only in a successful ``close()``;
+``abort()``, an exception or Ctrl-C inside ``with open_sink(...)`` remove the temporary. The
+input's audio is copied through while frames are written, so nothing is buffered whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import weakref
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from hirn.runtime.errors import DecodeError, SinkError
+
+VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
+# codec name -> (FFmpeg encoder, pixel format); bgr0 keeps FFV1 lossless for RGB input
+VIDEO_CODECS = {"h264": ("libx264", "yuv420p"), "h265": ("libx265", "yuv420p"),
+                "ffv1": ("ffv1", "bgr0")}
+CODECS = (*VIDEO_CODECS, "png")
+DEFAULT_CRF = 18
+PNG_COMPRESSION = 3  # OpenCV's default zlib level: 1-2 are barely faster here, 9 is much slower
+# extra encoder options: quiet x265 (it prints to stderr itself); FFV1 version 3 with slices
+# so it encodes on every core
+ENCODER_OPTIONS = {"libx265": {"x265-params": "log-level=error"},
+                   "ffv1": {"level": "3", "slices": "16", "slicecrc": "1"}}
+
+
+class FrameSink:
+    """Writes ``[H, W, 3]`` uint8 RGB frames; the output appears only on a successful close().
+
+    Use as a context manager; ``write(image, pts=None)`` adds a frame (pts in ``time_base``
+    units, strictly increasing; None numbers frames at ``fps``).
+
+    Attributes:
+        path: the final output. width, height, fps, time_base, codec: as opened.
+        frames_written: frames written so far.
+        notes: what the sink could not carry over (e.g. audio into a PNG folder).
+    """
+
+    def __init__(self, path: Path, temp: Path, *, width: int, height: int, fps: Fraction,
+                 time_base: Fraction, codec: str, overwrite: bool):
+        self.path, self._temp = path, temp
+        self.width, self.height, self.fps, self.time_base = width, height, fps, time_base
+        self.codec, self._overwrite = codec, overwrite
+        self.frames_written = 0
+        self.notes: list[str] = []
+        self._last_pts: int | None = None
+        self._done = False
+        # removes the temporary if the sink is dropped or the interpreter exits unclosed
+        self._cleanup = weakref.finalize(self, _remove, temp)
+
+    # -- public ------------------------------------------------------------------------------
+
+    def write(self, image: np.ndarray, pts: int | None = None) -> None:
+        """Add one frame: ``image`` [H, W, 3] uint8 RGB, ``pts`` in time_base units or None."""
+        if self._done:
+            raise RuntimeError(f"the sink for {self.path} is already closed")
+        if (not isinstance(image, np.ndarray) or image.dtype != np.uint8
+                or image.shape != (self.height, self.width, 3)):
+            got = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
+            raise ValueError(f"expected a [{self.height}, {self.width}, 3] uint8 RGB frame, "
+                             f"got shape {got[0]} dtype {got[1]}")
+        if pts is None:
+            pts = round(self.frames_written / (self.fps * self.time_base))
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise ValueError(f"pts must increase: {pts} after {self._last_pts}")
+        self._guarded(self._write, np.ascontiguousarray(image), int(pts))
+        self._last_pts = int(pts)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the output and move it into place; on failure nothing is left behind."""
+        if self._done:
+            return
+        self._guarded(self._finish)
+        self._guarded(self._publish)
+        self._done = True
+        self._cleanup.detach()
+
+    def abort(self) -> None:
+        """Drop the output: the temporary is removed and the destination left as it was."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._release()
+        finally:
+            self._cleanup()
+
+    def __enter__(self) -> FrameSink:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:  # any exception, KeyboardInterrupt included
+            self.abort()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.path)!r}, {self.codec}, "
+                f"{self.width}x{self.height}, frames={self.frames_written})")
+
+    # -- for subclasses ----------------------------------------------------------------------
+
+    def _write(self, image: np.ndarray, pts: int) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Flush encoders and close files (the temporary is complete afterwards)."""
+
+    def _release(self) -> None:
+        """Close whatever is open, ignoring errors (used when aborting)."""
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _guarded(self, action, *args) -> None:
+        try:
+            action(*args)
+        except BaseException as error:
+            self.abort()
+            if isinstance(error, OSError) and not isinstance(error, SinkError):
+                raise os_error(error, self.path) from error
+            raise
+
+    def _publish(self) -> None:
+        if self.path.exists() and not self._overwrite:  # appeared while we were writing
+            raise SinkError(f"{self.path} appeared while writing; pass overwrite=True "
+                            f"(--overwrite) to replace it")
+        if self._temp.is_dir() and self.path.is_dir() and any(self.path.iterdir()):
+            # rename() cannot replace a non-empty folder: swap it aside, then delete it
+            old = _temp_name(self.path, ".old")
+            os.rename(self.path, old)
+            os.rename(self._temp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self._temp, self.path)
+
+
+class VideoSink(FrameSink):
+    """A video file: H.264 / H.265 (yuv420p, CRF) or lossless FFV1 (bgr0), audio copied in."""
+
+    def __init__(self, path: Path, temp: Path, *, audio_from: Path | None,
+                 sample_aspect_ratio: Fraction | None, crf: int | None, **common):
+        super().__init__(path, temp, **common)
+        import av
+
+        encoder, pix_fmt = VIDEO_CODECS[self.codec]
+        self._container = None
+        self._audio = None
+        self._pix_fmt = pix_fmt
+        try:
+            self._container = av.open(str(temp), "w", format=VIDEO_FORMATS[path.suffix.lower()])
+            options = dict(ENCODER_OPTIONS.get(encoder, {}))
+            if crf is not None:
+                options["crf"] = str(crf)
+            stream = self._container.add_stream(encoder, rate=self.fps, options=options)
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
+            ctx = stream.codec_context
+            ctx.time_base = self.time_base
+            if pix_fmt.startswith("yuv"):
+                # converted with the BT.709 matrix and tagged so: players assume BT.709 for
+                # HD sizes anyway, and the tag keeps them from guessing
+                ctx.colorspace, ctx.color_range = 1, 1  # AVCOL_SPC_BT709, AVCOL_RANGE_MPEG
+            if sample_aspect_ratio:
+                ctx.sample_aspect_ratio = sample_aspect_ratio
+            if encoder == "libx265" and path.suffix.lower() in (".mp4", ".mov"):
+                ctx.codec_tag = "hvc1"  # what Apple players require for HEVC
+            self._stream = stream
+            if audio_from is not None:
+                self._audio = AudioCopier(audio_from, self._container)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write(self, image: np.ndarray, pts: int) -> None:
+        import av
+        from av.video.reformatter import ColorRange, Colorspace
+
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        if self._pix_fmt.startswith("yuv"):
+            frame = frame.reformat(format=self._pix_fmt, dst_colorspace=Colorspace.ITU709,
+                                   dst_color_range=ColorRange.MPEG)
+        frame.pts, frame.time_base = pts, self.time_base
+        self._container.mux(self._stream.encode(frame))
+        if self._audio is not None:
+            self._audio.copy_until(float(pts * self.time_base))
+
+    def _finish(self) -> None:
+        self._container.mux(self._stream.encode(None))
+        if self._audio is not None:
+            self._audio.copy_until(None)
+            self._audio.close()
+        if self.frames_written == 0:
+            raise SinkError(f"no frames were written to {self.path}: nothing to save")
+        self._container.close()
+        self._container = None
+
+    def _release(self) -> None:
+        for thing in (self._audio, self._container):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # aborting: the temporary goes anyway
+                    pass
+        self._audio = self._container = None
+
+
+class AudioCopier:
+    """Copies every audio stream of a file into an output container, interleaved with video.
+
+    Packets are remuxed unchanged where the container takes the codec, else decoded and
+    encoded to AAC. ``copy_until(t)`` writes the packets up to ``t`` seconds, so audio keeps
+    pace with the frames and is never held whole.
+    """
+
+    def __init__(self, source: Path, output):
+        import av
+
+        self._input = av.open(str(source), metadata_errors="ignore")
+        self._source = source
+        self._routes = {}  # input stream index -> (output stream, resampler or None)
+        for stream in self._input.streams.audio:
+            try:
+                self._routes[stream.index] = (output.add_stream_from_template(stream), None)
+            except ValueError:  # the container does not take this codec: re-encode
+                out = output.add_stream("aac", rate=stream.sample_rate)
+                out.layout = stream.layout
+                resampler = av.AudioResampler(format="fltp", layout=stream.layout,
+                                              rate=stream.sample_rate)
+                self._routes[stream.index] = (out, resampler)
+        self._output = output
+        self._packets = self._input.demux(*self._input.streams.audio) if self._routes else None
+        self._pending = None
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Write audio packets up to ``seconds`` (None: all the rest)."""
+        import av
+
+        while self._packets is not None:
+            if self._pending is None:
+                try:
+                    self._pending = next(self._packets, None)
+                except (av.FFmpegError, OSError) as error:
+                    raise DecodeError(f"the audio of {self._source} cannot be read ({error})",
+                                      frames_read=0) from error
+                if self._pending is None:
+                    self._packets = None
+                    self._flush_encoders()
+                    return
+            packet = self._pending
+            if packet.dts is None or packet.size == 0:  # demuxer flush markers
+                self._pending = None
+                continue
+            if seconds is not None and packet.pts is not None and packet.time_base \
+                    and float(packet.pts * packet.time_base) > seconds:
+                return
+            self._pending = None
+            self._route(packet)
+
+    def _route(self, packet) -> None:
+        out, resampler = self._routes[packet.stream.index]
+        if resampler is None:
+            packet.stream = out
+            self._output.mux(packet)
+            return
+        for frame in packet.decode():
+            for chunk in resampler.resample(frame):
+                self._output.mux(out.encode(chunk))
+
+    def _flush_encoders(self) -> None:
+        for out, resampler in self._routes.values():
+            if resampler is not None:
+                for chunk in resampler.resample(None):
+                    self._output.mux(out.encode(chunk))
+                self._output.mux(out.encode(None))
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class ImageFolderSink(FrameSink):
+    """A folder of PNGs named ``000000.png``, ``000001.png``, ... (timestamps are not kept)."""
+
+    def _write(self, image: np.ndarray, pts: int) -> None:
+        import cv2
+
+        ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        if not ok:
+            raise RuntimeError("OpenCV failed to encode a PNG")
+        write_file(self._temp / f"{self.frames_written:06d}.png", data)
+
+    def _finish(self) -> None:
+        if self.frames_written == 0:
+            raise SinkError(f"no frames were written to {self.path}: nothing to save")
+
+
+def write_file(path: Path, data: np.ndarray) -> None:
+    """Write bytes to a file (one place, so tests can stand in a full disk)."""
+    with open(path, "wb") as f:
+        f.write(data.tobytes() if isinstance(data, np.ndarray) else data)
+
+
+def os_error(error: OSError, path: Path) -> SinkError:
+    """A SinkError naming ``path`` for a failed write: disk full, no permission, ..."""
+    folder = path.parent
+    code = error.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return SinkError(f"no space left while writing {path}: free space on the disk of "
+                         f"{folder} or write elsewhere")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return SinkError(f"cannot write into {folder} ({os.strerror(code)}): choose a folder "
+                         f"you may write to")
+    return SinkError(f"writing {path} failed: {getattr(error, 'strerror', None) or error}")
+
+
+def _temp_name(path: Path, suffix: str) -> Path:
+    # random part: two processes writing the same output never share a temporary
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}{suffix}")
+
+
+def make_temp(path: Path, folder: bool) -> Path:
+    """Create the hidden temporary for ``path`` next to it (this also proves the folder
+    writable); raise SinkError naming the folder when it is not."""
+    temp = _temp_name(path, ".partial" if folder else f".partial{path.suffix}")
+    try:
+        if folder:
+            temp.mkdir()
+        else:
+            with open(temp, "xb"):
+                pass
+    except OSError as error:
+        raise os_error(error, path) from error
+    return temp
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
