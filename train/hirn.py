@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowChain, FlowRef, make_plan
+from hirn.runtime.recurrence import walk
+from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan
 
 from .alignment import SecondOrderDeformableAlignment
 from .attention import temporal_wavelet_attention
@@ -117,26 +118,12 @@ class HiRN(nn.Module):
         feats: dict[FeatureRef, Tensor] = {FeatureRef(SPATIAL, i): spatial[:, i] for i in range(t)}
         flows = self.compute_flows(lq)
         zero_feat = spatial.new_zeros(spatial[:, 0].shape)
-        zero_flow = lq.new_zeros(n, 2, h, w)
-        chains: dict[FlowChain, Tensor] = {}
-
-        def chain(links: FlowChain) -> Tensor:
-            if not links:
-                return zero_flow
-            if links not in chains:
-                head = flows[links[0]] if len(links) == 1 else chain(links[:-1])
-                chains[links] = head if len(links) == 1 else steps.compose(head, flows[links[-1]])
-            return chains[links]
+        walk(plan, feats, flows,
+             run_step=lambda step, inputs: steps.propagation[(step.branch, step.aligned)](*inputs),
+             compose=steps.compose, zero_feature=zero_feat, zero_flow=lq.new_zeros(n, 2, h, w))
 
         def feat(ref: FeatureRef | None) -> Tensor:
             return zero_feat if ref is None else feats[ref]
-
-        for step in plan.steps:
-            args = [feats[step.current], *(feats[r] for r in step.context)]
-            if step.aligned:
-                args += [feat(step.feat_a), feat(step.feat_b), chain(step.flow_a),
-                         chain(step.flow_b)]
-            feats[step.output] = steps.propagation[(step.branch, step.aligned)](*args)
 
         outputs = [steps.decode(lq[:, i], *(feat(r) for r in plan.decode_inputs(i)))
                    for i in range(t)]

@@ -1,0 +1,24 @@
+"""Backends behind one interface; the only place that maps a backend name to a class."""
+
+from __future__ import annotations
+
+from .base import BACKENDS, BackendConfig, BackendError, Runner
+
+
+def create_runner(config: BackendConfig) -> Runner:
+    """The runner ``config.backend`` names; its heavy imports happen only here."""
+    if config.backend == "torch":
+        from .torch_backend import TorchRunner
+
+        return TorchRunner.from_config(config)
+    if config.backend == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner.from_config(config)
+    if config.backend == "tensorrt":
+        raise BackendError("the tensorrt backend is not built yet; use --backend onnxruntime "
+                           "or --backend torch")
+    raise BackendError(f"unknown backend {config.backend!r}; choose from {BACKENDS}")
+
+
+__all__ = ["BACKENDS", "BackendConfig", "BackendError", "Runner", "create_runner"]
