@@ -110,7 +110,9 @@ class VideoSource(FrameSource):
         streams = [s for s in container.streams.video
                    if not s.disposition & av.stream.Disposition.attached_pic]
         if not streams:
-            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            kinds = sorted({s.type for s in container.streams})
+            if not kinds:
+                raise SourceError(f"{path} holds no streams: the video is empty")
             raise SourceError(f"{path} has no video stream (it holds {', '.join(kinds)}): "
                               f"pass a file with video")
         stream = streams[0]
@@ -219,10 +221,14 @@ def _open_container(path: Path):
 
     try:
         return av.open(str(path), metadata_errors="ignore")
+    except EOFError as error:
+        raise SourceError(f"{path} ends before its first frame: the video is empty (or cut "
+                          f"short)") from error
     except (av.FFmpegError, OSError) as error:
         raise SourceError(
-            f"{path} cannot be opened as a video ({_reason(error)}): is it a video file, and "
-            f"complete? (an MP4 whose end is missing cannot be opened)") from error
+            f"{path} is not a video FFmpeg can read ({_reason(error)}): pass a video file or a "
+            f"folder of images (a video cut short, e.g. an MP4 missing its end, cannot be read "
+            f"either)") from error
 
 
 def _parse_duration(text: str) -> Fraction | None:

@@ -131,7 +131,8 @@ class FrameSink:
             raise
 
     def _publish(self) -> None:
-        if self.path.exists() and not self._overwrite:  # appeared while we were writing
+        if not self._overwrite and self.path.exists() and not _empty_folder(self.path):
+            # appeared while we were writing
             raise SinkError(f"{self.path} appeared while writing; pass overwrite=True "
                             f"(--overwrite) to replace it")
         if self._temp.is_dir() and self.path.is_dir() and any(self.path.iterdir()):
@@ -169,8 +170,8 @@ class VideoSink(FrameSink):
                 # converted with the BT.709 matrix and tagged so: players assume BT.709 for
                 # HD sizes anyway, and the tag keeps them from guessing
                 ctx.colorspace, ctx.color_range = 1, 1  # AVCOL_SPC_BT709, AVCOL_RANGE_MPEG
-            if sample_aspect_ratio:
-                ctx.sample_aspect_ratio = sample_aspect_ratio
+            if sample_aspect_ratio:  # kept by H.264 / H.265 (FFV1 in matroska drops it)
+                stream.sample_aspect_ratio = ctx.sample_aspect_ratio = sample_aspect_ratio
             if encoder == "libx265" and path.suffix.lower() in (".mp4", ".mov"):
                 ctx.codec_tag = "hvc1"  # what Apple players require for HEVC
             self._stream = stream
@@ -231,9 +232,10 @@ class AudioCopier:
             try:
                 self._routes[stream.index] = (output.add_stream_from_template(stream), None)
             except ValueError:  # the container does not take this codec: re-encode
+                layout = _aac_layout(stream.layout)
                 out = output.add_stream("aac", rate=stream.sample_rate)
-                out.layout = stream.layout
-                resampler = av.AudioResampler(format="fltp", layout=stream.layout,
+                out.layout = layout
+                resampler = av.AudioResampler(format="fltp", layout=layout,
                                               rate=stream.sample_rate)
                 self._routes[stream.index] = (out, resampler)
         self._output = output
@@ -284,6 +286,15 @@ class AudioCopier:
 
     def close(self) -> None:
         self._input.close()
+
+
+def _aac_layout(layout) -> str:
+    # a layout without channel order (e.g. PCM in matroska: "1 channels") is refused by the
+    # AAC encoder: name the usual layout for that many channels instead
+    if not layout.name.endswith("channels"):
+        return layout.name
+    usual = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+    return usual.get(len(layout.channels), "stereo")
 
 
 class ImageFolderSink(FrameSink):
@@ -340,6 +351,10 @@ def make_temp(path: Path, folder: bool) -> Path:
     except OSError as error:
         raise os_error(error, path) from error
     return temp
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
 
 def _remove(path: Path) -> None:

@@ -1,0 +1,541 @@
+"""Video and image-folder I/O on real media: streaming reads, exact and lossy writes, audio
+carried over, conversions with notes, clear errors, and atomic outputs."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from support import psnr
+
+from hirn.runtime import video_writer
+from hirn.runtime.errors import DecodeError, SinkError, SourceError
+from hirn.runtime.video import open_sink, open_source, read_frames
+from hirn.train.errors import HirnError
+
+# Tolerances, all in one place.
+# RGB PSNR of the calendar at 176x144 through H.264 CRF 18 vs the frames encoded: chroma 4:2:0
+# alone caps it near 30.7 dB on this small, detailed, saturated crop (28.6 dB measured)
+H264_MIN_PSNR_DB = 27.0
+REENCODE_MIN_PSNR_DB = 27.0  # an H.264 re-encode (CRF 18) vs the decoded input
+COLOUR_MAX_ERROR = 4  # 8-bit levels inside flat colour blocks through H.264/H.265 at CRF 0
+TEN_BIT_MIN_PSNR_DB = 40.0  # 10-bit x264 at CRF 0 read as 8-bit vs the 8-bit frames
+AUDIO_DURATION_ATOL = 0.03  # seconds: about one AAC packet (1024 samples at 44.1 kHz)
+STREAM_PEAK_FRAMES = 6  # Python-side memory while iterating, in frames (a 60-frame clip)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Every name in ``folder`` (hidden temporaries included)."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def audio_streams(path: Path) -> list[tuple[str, float, int]]:
+    """(codec, duration in seconds, channels) of each audio stream."""
+    with av.open(str(path)) as container:
+        return [(s.codec_context.name, float(s.duration * s.time_base), s.channels)
+                for s in container.streams.audio]
+
+
+def copy_clip(source, path: Path, **options) -> Path:
+    """Write every frame of ``source`` to ``path`` keeping its timing and audio."""
+    with open_sink(path, width=source.width, height=source.height, fps=source.fps,
+                   time_base=source.time_base, audio_from=source, input_path=source.path,
+                   **options) as sink:
+        for image, pts in source:
+            sink.write(image, pts)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_calendar_mp4_reads_with_size_rate_timestamps_and_audio(calendar_mp4, calendar_frames):
+    source = open_source(calendar_mp4)
+    assert (source.width, source.height) == (176, 144)
+    assert source.frame_count == len(calendar_frames)
+    assert source.fps == 25 and source.has_audio and source.notes == []
+    frames = list(source)
+    assert len(frames) == len(calendar_frames)
+    step = 1 / (source.fps * source.time_base)  # pts per frame
+    assert [f.pts for f in frames] == [round(i * step) for i in range(len(frames))]
+    for frame, truth in zip(frames, calendar_frames):
+        assert frame.image.shape == (144, 176, 3) and frame.image.dtype == np.uint8
+        assert psnr(frame.image / 255.0, truth / 255.0) > H264_MIN_PSNR_DB
+    # a second pass starts again from the first frame
+    assert np.array_equal(next(iter(source)).image, frames[0].image)
+
+
+def test_read_frames_takes_a_range(calendar_mp4):
+    everything = read_frames(calendar_mp4)
+    assert everything.shape == (10, 144, 176, 3)
+    assert np.array_equal(read_frames(calendar_mp4, 3, 4), everything[3:7])
+    with pytest.raises(SourceError, match="no frames from index 10"):
+        read_frames(calendar_mp4, 10)
+
+
+def test_iterating_holds_one_frame_at_a_time(tmp_path, media):
+    frames = media.synthetic_frames(60, 176, 144)
+    path = media.write_video(tmp_path / "long.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+    source = open_source(path)
+    tracemalloc.start()
+    try:
+        count = 0
+        for image, _ in source:
+            count += 1
+            del image
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 60
+    assert peak < STREAM_PEAK_FRAMES * frames[0].nbytes, f"peak {peak} bytes"
+
+
+def test_reading_leaves_the_input_untouched(calendar_mp4, tmp_path):
+    before = sha256(calendar_mp4), calendar_mp4.stat().st_mtime_ns
+    copy_clip(open_source(calendar_mp4), tmp_path / "out.mkv", codec="ffv1")
+    assert (sha256(calendar_mp4), calendar_mp4.stat().st_mtime_ns) == before
+
+
+def test_image_folder_in_natural_order(tmp_path, media):
+    frames = media.synthetic_frames(3)
+    names = ["frame2.png", "frame10.png", "frame1.png"]  # natural order: 1, 2, 10
+    folder = media.write_images(tmp_path / "frames", [cv2.cvtColor(f, cv2.COLOR_RGB2BGR)
+                                                      for f in frames], names)
+    (folder / ".hidden.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored")
+    source = open_source(folder, fps=Fraction(30000, 1001))
+    assert (source.width, source.height, source.frame_count) == (64, 48, 3)
+    assert source.fps == Fraction(30000, 1001) and source.time_base == Fraction(1001, 30000)
+    assert not source.has_audio and source.notes == []
+    got = list(source)
+    assert [pts for _, pts in got] == [0, 1, 2]
+    for (image, _), index in zip(got, [2, 0, 1]):  # frame1, frame2, frame10
+        assert np.array_equal(image, frames[index])
+    assert open_source(folder).fps == 25
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions, each said once
+
+
+def test_gray_video_becomes_rgb_with_a_note(tmp_path, media):
+    gray = [f[..., 0].copy() for f in media.synthetic_frames(3)]
+    path = media.write_video(tmp_path / "gray.mkv", gray, codec="ffv1", pix_fmt="gray",
+                             in_format="gray")
+    source = open_source(path)
+    images = [image for image, _ in source]
+    assert source.notes == ["gray video (gray) converted to RGB"]
+    for image, truth in zip(images, gray):
+        assert all(np.array_equal(image[..., c], truth) for c in range(3))
+
+
+def test_alpha_video_loses_alpha_with_a_note(tmp_path, media):
+    frames = media.synthetic_frames(3)
+    rgba = [np.dstack([f, np.full(f.shape[:2], 7, np.uint8)]) for f in frames]
+    path = media.write_video(tmp_path / "alpha.mkv", rgba, codec="ffv1", pix_fmt="bgra",
+                             in_format="rgba")
+    source = open_source(path)
+    assert source.notes == ["alpha channel of bgra dropped"]
+    assert all(np.array_equal(image, truth) for (image, _), truth in zip(source, frames))
+
+
+def test_ten_bit_video_is_reduced_to_8_bit_with_a_note(tmp_path, media):
+    frames = media.synthetic_frames(3)
+    # 4:4:4 so that only the bit depth, not chroma subsampling, changes the frames
+    path = media.write_video(tmp_path / "ten.mkv", frames, pix_fmt="yuv444p10le",
+                             options={"crf": "0"})
+    source = open_source(path)
+    assert source.notes == ["10-bit video (yuv444p10le) reduced to 8-bit"]
+    for (image, _), truth in zip(source, frames):
+        assert image.dtype == np.uint8
+        assert psnr(image / 255.0, truth / 255.0) > TEN_BIT_MIN_PSNR_DB
+
+
+def test_gray_alpha_and_16_bit_images_with_notes(tmp_path, media):
+    rgb = media.synthetic_frames(1)[0]
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    cases = {
+        "gray": (bgr[..., 0], np.repeat(bgr[..., :1], 3, -1), "gray images converted to RGB"),
+        "alpha": (np.dstack([bgr, np.full(rgb.shape[:2], 9, np.uint8)]), rgb,
+                  "alpha channel dropped"),
+        "deep": ((bgr.astype(np.int32) * 257 + 100).clip(0, 65535).astype(np.uint16), rgb,
+                 "16-bit images reduced to 8-bit"),
+    }
+    for name, (image, expected, note) in cases.items():
+        source = open_source(media.write_images(tmp_path / name, [image, image]))
+        got = [frame.image for frame in source]
+        assert source.notes == [note], name
+        assert all(np.array_equal(g, expected) for g in got), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that cannot be read
+
+
+def test_missing_empty_text_and_single_image_inputs(tmp_path):
+    cases = {
+        tmp_path / "nowhere.mp4": "does not exist",
+        tmp_path / "empty.mp4": "is empty",
+        tmp_path / "readme.txt": "not a video",
+        tmp_path / "random.mp4": "not a video FFmpeg can read",
+        tmp_path / "picture.png": "single image",
+        tmp_path / "picture.bin": "single image",  # a PNG without its extension
+    }
+    (tmp_path / "empty.mp4").touch()
+    (tmp_path / "readme.txt").write_text("just some notes\n" * 20)
+    (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    cv2.imwrite(str(tmp_path / "picture.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "picture.bin").write_bytes((tmp_path / "picture.png").read_bytes())
+    for path, message in cases.items():
+        with pytest.raises(SourceError, match=message) as caught:
+            open_source(path)
+        assert str(path) in str(caught.value)
+        assert isinstance(caught.value, HirnError)
+
+
+def test_videos_without_video_or_frames(tmp_path, media):
+    audio_only = tmp_path / "sound.m4a"
+    with av.open(str(audio_only), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        chunk = av.AudioFrame.from_ndarray(media.tone(0.2, 16000, 1), format="fltp",
+                                           layout="mono")
+        chunk.sample_rate, chunk.pts = 16000, 0
+        out.mux(stream.encode(chunk))
+        out.mux(stream.encode(None))
+    with pytest.raises(SourceError, match="has no video stream .it holds audio"):
+        open_source(audio_only)
+    for name, codec, pix_fmt in [("zero.mkv", "ffv1", "bgr0"), ("zero.mp4", "libx264",
+                                                                  "yuv420p")]:
+        path = media.write_video(tmp_path / name, [], codec=codec, pix_fmt=pix_fmt)
+        with pytest.raises(SourceError, match="empty"):
+            open_source(path)
+
+
+def test_truncated_videos_report_frames_read(tmp_path, media):
+    frames = media.synthetic_frames(30)
+    # matroska stops quietly at the cut: the header's duration tells it is short
+    mkv = media.write_video(tmp_path / "clip.mkv", frames)
+    # an MP4 with its index first ("faststart") fails while demuxing
+    mp4 = media.write_video(tmp_path / "clip.mp4", frames,
+                            container_options={"movflags": "+faststart"})
+    for path in (mkv, mp4):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        source = open_source(path)
+        read = 0
+        with pytest.raises(DecodeError, match=f"{path}.*truncated|{path}.*damaged") as caught:
+            for _ in source:
+                read += 1
+        assert caught.value.frames_read == read and 0 < read < 30
+        assert f"{read} frames" in str(caught.value)
+    # an MP4 with its index at the end cannot be opened without it
+    cut = media.write_video(tmp_path / "cut.mp4", frames)
+    cut.write_bytes(cut.read_bytes()[:-2000])
+    with pytest.raises(SourceError, match="not a video FFmpeg can read"):
+        open_source(cut)
+
+
+def test_bad_image_folders(tmp_path, media):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "list.txt").write_text("no images here")
+    with pytest.raises(SourceError, match="holds no images"):
+        open_source(empty)
+
+    frames = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in media.synthetic_frames(3)]
+    # PNG sizes are checked from their headers before any frame is read
+    mixed = media.write_images(tmp_path / "mixed", frames[:2] + [frames[2][:40]])
+    with pytest.raises(SourceError, match=r"002.png is 64x40 but 000.png is 64x48"):
+        open_source(mixed)
+    # other formats when they are read
+    mixed_jpg = media.write_images(tmp_path / "mixed_jpg", frames[:2] + [frames[2][:, :30]],
+                                   ext=".jpg")
+    source = open_source(mixed_jpg)
+    with pytest.raises(SourceError, match=r"002.jpg is 30x48 but 000.jpg is 64x48"):
+        list(source)
+
+    broken = media.write_images(tmp_path / "broken", frames)
+    (broken / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    with pytest.raises(DecodeError, match="001.png is not an image") as caught:
+        list(open_source(broken))
+    assert caught.value.frames_read == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def test_mp4_round_trip_keeps_timestamps_and_remuxes_audio(calendar_mp4, tmp_path):
+    source = open_source(calendar_mp4)
+    out = copy_clip(source, tmp_path / "copy.mp4")
+    assert leftovers(tmp_path) == ["copy.mp4"]
+    result = open_source(out)
+    assert (result.width, result.height, result.fps) == (176, 144, 25)
+    assert result.frame_count == 10 and result.has_audio
+    assert [pts for _, pts in result] == [pts for _, pts in source]
+    for (a, _), (b, _) in zip(result, source):
+        assert psnr(a / 255.0, b / 255.0) > REENCODE_MIN_PSNR_DB
+    # the AAC packets are copied byte for byte, not re-encoded
+    with av.open(str(calendar_mp4)) as c_in, av.open(str(out)) as c_out:
+        packets = [[bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+                   for c in (c_in, c_out)]
+        assert packets[0] == packets[1] and len(packets[0]) > 5
+    with av.open(str(out)) as c_out:  # ... and interleaved with the video, not appended
+        order = [p.stream.type for p in c_out.demux() if p.size]
+        assert order.index("audio") < len(order) - 1 - order[::-1].index("video")
+    (codec_in, seconds_in, channels), = audio_streams(calendar_mp4)
+    (codec_out, seconds_out, channels_out), = audio_streams(out)
+    assert (codec_out, channels_out) == (codec_in, channels) == ("aac", 2)
+    assert seconds_out == pytest.approx(seconds_in, abs=AUDIO_DURATION_ATOL)
+    assert seconds_in == pytest.approx(0.4, abs=AUDIO_DURATION_ATOL)
+
+
+def test_audio_the_container_refuses_is_encoded_to_aac(tmp_path, media):
+    frames = media.synthetic_frames(10)
+    path = media.write_video(tmp_path / "pcm.mkv", frames, codec="ffv1", pix_fmt="bgr0",
+                             audio=("pcm_u8", 16000, media.tone(0.4, 16000, 1)))
+    out = copy_clip(open_source(path), tmp_path / "pcm.mp4")  # MP4 takes no 8-bit PCM
+    (codec, seconds, channels), = audio_streams(out)
+    assert (codec, channels) == ("aac", 1)
+    assert seconds == pytest.approx(0.4, abs=AUDIO_DURATION_ATOL)
+
+
+@pytest.mark.parametrize("codec, name", [("ffv1", "out.mkv"), ("png", "out")])
+def test_lossless_outputs_read_back_exactly(calendar_mp4, tmp_path, codec, name):
+    source = open_source(calendar_mp4)
+    out = copy_clip(source, tmp_path / name, codec=codec)
+    assert np.array_equal(read_frames(out), read_frames(calendar_mp4))
+    result = open_source(out)
+    assert (result.width, result.height, result.frame_count) == (176, 144, 10)
+    if codec == "png":
+        assert sorted(p.name for p in out.iterdir())[:2] == ["000000.png", "000001.png"]
+        assert not result.has_audio
+    else:
+        assert result.has_audio and [p for _, p in result] != []
+
+
+@pytest.mark.parametrize("codec, name", [("h265", "out.mp4"), ("h264", "out.mov"),
+                                         ("h264", "out.mkv")])
+def test_other_codecs_and_containers(tmp_path, media, codec, name):
+    frames = media.synthetic_frames(4)
+    with open_sink(tmp_path / name, width=64, height=48, fps=30, codec=codec) as sink:
+        for image in frames:
+            sink.write(image)  # no pts: frames numbered at 30 frames/s
+    result = open_source(tmp_path / name)
+    assert (result.width, result.height, result.fps, result.frame_count) == (64, 48, 30, 4)
+    times = [pts * result.time_base for _, pts in result]
+    assert np.allclose(np.diff([float(t) for t in times]), 1 / 30, atol=1e-3)
+    with av.open(str(tmp_path / name)) as container:
+        assert container.streams.video[0].codec_context.name == {"h264": "h264",
+                                                                 "h265": "hevc"}[codec]
+
+
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+def test_colours_survive_yuv_encoding(tmp_path, codec):
+    """Saturated flat blocks come back within a few levels: the matrix used to encode (BT.709,
+    tagged) is the one used to decode; a BT.601/709 mix-up is off by 10-30 levels here."""
+    blocks = np.random.default_rng(1).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    image = np.kron(blocks, np.ones((16, 16, 1), np.uint8))  # [96, 128, 3]
+    with open_sink(tmp_path / "flat.mp4", width=128, height=96, fps=25, codec=codec,
+                   crf=0) as sink:
+        sink.write(image)
+    back = read_frames(tmp_path / "flat.mp4")[0].astype(int)
+    inner = np.abs(back - image).reshape(6, 16, 8, 16, 3)[:, 3:13, :, 3:13]  # no edges
+    assert inner.max() <= COLOUR_MAX_ERROR
+
+
+def test_crf_sets_the_quality(tmp_path, calendar_frames):
+    sizes = {}
+    for crf in (10, 35):
+        with open_sink(tmp_path / f"q{crf}.mp4", width=176, height=144, fps=25, crf=crf) as sink:
+            for image in calendar_frames:
+                sink.write(image)
+        sizes[crf] = (tmp_path / f"q{crf}.mp4").stat().st_size
+    assert sizes[10] > 3 * sizes[35]
+
+
+def test_codec_and_size_mistakes_are_refused(tmp_path):
+    size = dict(width=64, height=48, fps=25)
+    cases = [
+        (dict(path=tmp_path / "a.mp4", codec="ffv1"), "FFV1 is written to .mkv only"),
+        (dict(path=tmp_path / "a.mp4", codec="png"), "png writes a folder"),
+        (dict(path=tmp_path / "frames", codec="h264"), "h264 writes a video"),
+        (dict(path=tmp_path / "a.avi"), "cannot tell what to write"),
+        (dict(path=tmp_path / "a.mp4", codec="vp9"), "unknown codec"),
+        (dict(path=tmp_path / "a.mp4", width=7, height=9), "even width and height"),
+        (dict(path=tmp_path / "a.mkv", codec="ffv1", crf=10), "crf applies to h264"),
+        (dict(path=tmp_path / "a.mp4", crf=60), "crf must be within 0-51"),
+        (dict(path=tmp_path / "missing" / "a.mp4"), "does not exist: create it"),
+    ]
+    for options, message in cases:
+        with pytest.raises(SinkError, match=message):
+            open_sink(**{**size, **options})
+    assert leftovers(tmp_path) == []
+    # odd sizes are fine losslessly
+    with open_sink(tmp_path / "odd.mkv", width=7, height=9, fps=25, codec="ffv1") as sink:
+        sink.write(np.zeros((9, 7, 3), np.uint8))
+    assert read_frames(tmp_path / "odd.mkv").shape == (1, 9, 7, 3)
+
+
+def test_bad_frames_are_a_programming_error(tmp_path):
+    with pytest.raises(ValueError, match=r"expected a \[48, 64, 3\] uint8"):
+        with open_sink(tmp_path / "a.mkv", width=64, height=48, fps=25, codec="ffv1") as sink:
+            sink.write(np.zeros((48, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="pts must increase"):
+        with open_sink(tmp_path / "a.mkv", width=64, height=48, fps=25, codec="ffv1") as sink:
+            sink.write(np.zeros((48, 64, 3), np.uint8), 5)
+            sink.write(np.zeros((48, 64, 3), np.uint8), 5)
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic outputs
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mkv", "frames"])
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_a_failure_inside_with_leaves_nothing(tmp_path, media, name, failure):
+    frames = media.synthetic_frames(3)
+    codec = "ffv1" if name.endswith(".mkv") else None
+    with pytest.raises(failure):
+        with open_sink(tmp_path / name, width=64, height=48, fps=25, codec=codec) as sink:
+            sink.write(frames[0])
+            sink.write(frames[1])
+            assert len(leftovers(tmp_path)) == 1  # the hidden temporary, while writing
+            assert leftovers(tmp_path)[0].startswith(".out" if codec or "." in name else ".fr")
+            raise failure()
+    assert leftovers(tmp_path) == []
+
+
+def test_abort_and_empty_outputs_leave_nothing(tmp_path, media):
+    sink = open_sink(tmp_path / "a.mp4", width=64, height=48, fps=25)
+    sink.write(media.synthetic_frames(1)[0])
+    sink.abort()
+    for name in ("b.mp4", "frames"):
+        with pytest.raises(SinkError, match="no frames were written"):
+            with open_sink(tmp_path / name, width=64, height=48, fps=25):
+                pass
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_outputs_need_overwrite(tmp_path, media):
+    frames = media.synthetic_frames(2)
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"precious")
+    with pytest.raises(SinkError, match="already exists: pass overwrite=True"):
+        open_sink(target, width=64, height=48, fps=25)
+    assert target.read_bytes() == b"precious" and leftovers(tmp_path) == ["out.mp4"]
+    with open_sink(target, width=64, height=48, fps=25, overwrite=True) as sink:
+        sink.write(frames[0])
+    assert open_source(target).frame_count == 1 and leftovers(tmp_path) == ["out.mp4"]
+
+    folder = media.write_images(tmp_path / "frames", [frames[0]] * 3)
+    with pytest.raises(SinkError, match="already exists"):
+        open_sink(folder, width=64, height=48, fps=25)
+    with open_sink(folder, width=64, height=48, fps=25, overwrite=True) as sink:
+        sink.write(frames[1])
+    assert leftovers(folder) == ["000000.png"] and sorted(leftovers(tmp_path)) == [
+        "frames", "out.mp4"]
+    (folder / "keep.txt").write_text("not ours")
+    with pytest.raises(SinkError, match="holds files other than PNGs"):
+        open_sink(folder, width=64, height=48, fps=25, overwrite=True)
+    # an empty folder is a place made for the output, not something to protect
+    (tmp_path / "new").mkdir()
+    with open_sink(tmp_path / "new", width=64, height=48, fps=25) as sink:
+        sink.write(frames[0])
+    assert leftovers(tmp_path / "new") == ["000000.png"]
+
+
+def test_output_equal_to_input_is_refused(calendar_mp4, tmp_path):
+    link = tmp_path / "link.mp4"
+    link.symlink_to(calendar_mp4)
+    before = sha256(calendar_mp4)
+    for output in (calendar_mp4, link):
+        for key in ("input_path", "audio_from"):
+            with pytest.raises(SinkError, match="is the input"):
+                open_sink(output, width=176, height=144, fps=25, overwrite=True,
+                          **{key: calendar_mp4})
+    assert sha256(calendar_mp4) == before
+    assert leftovers(calendar_mp4.parent) == ["calendar.mp4"]
+
+
+@pytest.mark.parametrize("code, message", [(errno.ENOSPC, "no space left while writing"),
+                                           (errno.EACCES, "cannot write into")])
+@pytest.mark.parametrize("name", ["out.mp4", "frames"])
+def test_disk_full_and_permission_errors_name_the_path(tmp_path, media, monkeypatch, code,
+                                                       message, name):
+    def fail(*args):
+        raise OSError(code, os.strerror(code))
+
+    # the PNG sink writes through write_file; the video sink through FFmpeg, whose errors
+    # PyAV raises as OSError subclasses with the same errno
+    monkeypatch.setattr(video_writer, "write_file", fail)
+    monkeypatch.setattr(video_writer.VideoSink, "_write", lambda self, image, pts: fail())
+    with pytest.raises(SinkError, match=message) as caught:
+        with open_sink(tmp_path / name, width=64, height=48, fps=25) as sink:
+            sink.write(media.synthetic_frames(1)[0])
+    assert str(tmp_path) in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="permissions do not stop root (or this OS) from writing")
+def test_an_unwritable_folder_is_refused_up_front(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(SinkError, match=f"cannot write into {locked}"):
+            open_sink(locked / "a.mp4", width=64, height=48, fps=25)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_ctrl_c_leaves_no_output(tmp_path):
+    """SIGINT to a process writing a video: it exits non-zero and leaves nothing behind."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from hirn.runtime.video import open_sink
+        with open_sink({str(tmp_path / "out.mp4")!r}, width=64, height=48, fps=25) as sink:
+            for index in range(10_000):
+                sink.write(np.full((48, 64, 3), index % 256, np.uint8))
+                if index == 5:
+                    print("writing", flush=True)
+                time.sleep(0.01)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    assert len(leftovers(tmp_path)) == 1  # the temporary exists while it writes
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_sample_aspect_ratio_is_carried(tmp_path, media):
+    frames = media.synthetic_frames(2)
+    with open_sink(tmp_path / "a.mp4", width=64, height=48, fps=25,
+                   sample_aspect_ratio=Fraction(16, 15)) as sink:
+        for image in frames:
+            sink.write(image)
+    assert open_source(tmp_path / "a.mp4").sample_aspect_ratio == Fraction(16, 15)
+    assert math.isclose(float(open_source(tmp_path / "a.mp4").fps), 25)
