@@ -1,0 +1,201 @@
+"""hirn-eval: the protocol's numbers on real Vid4 frames, a checkpoint run, and clear errors."""
+
+import json
+import math
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from support import CALENDAR_LR, DATA, needs_shared
+
+from hirn.train import HiRN, HirnError, save_checkpoint
+from hirn.train.evaluate import (
+    DatasetError,
+    bicubic_upscaler,
+    checkpoint_upscaler,
+    default_data_root,
+    evaluate,
+    load_clip,
+    main,
+)
+from hirn.train.imresize import imresize
+from hirn.train.metrics import psnr, rgb_to_y, ssim
+
+CALENDAR = DATA / "vid4" / "calendar"
+METRIC_ATOL = 1e-9     # JSON numbers vs the same metrics computed here (float64)
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _hirn_eval(*args):
+    return subprocess.run([sys.executable, "-m", "hirn.train.evaluate", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _write_clip(folder, frames, sub="GT"):
+    (folder / sub).mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / sub / f"{i:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+
+@needs_shared(CALENDAR_LR)
+def test_bicubic_cli_on_calendar_matches_metrics_computed_here(tmp_path):
+    result = _hirn_eval("--dataset", "vid4", "--data-root", DATA, "--clips", "calendar",
+                        "--max-frames", 3, "--method", "bicubic", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    (clip,) = report["clips"]
+    assert (clip["name"], clip["frames"], clip["lr_source"]) == ("calendar", 3,
+                                                                 "LR_bicubic_matlab")
+    expected_psnr, expected_ssim = [], []
+    for name in ("000.png", "001.png", "002.png"):
+        sr = imresize(_rgb(CALENDAR / "LR_bicubic_matlab" / name), 4)
+        y_sr, y_gt = rgb_to_y(sr), rgb_to_y(_rgb(CALENDAR / "GT" / name))
+        expected_psnr.append(psnr(y_sr, y_gt))
+        expected_ssim.append(ssim(y_sr, y_gt))
+    np.testing.assert_allclose(clip["psnr_per_frame"], expected_psnr, rtol=0, atol=METRIC_ATOL)
+    np.testing.assert_allclose(clip["ssim_per_frame"], expected_ssim, rtol=0, atol=METRIC_ATOL)
+    assert math.isclose(report["mean"]["psnr"], np.mean(expected_psnr), abs_tol=METRIC_ATOL)
+    assert math.isclose(report["mean"]["ssim"], np.mean(expected_ssim), abs_tol=METRIC_ATOL)
+    assert 15 < report["mean"]["psnr"] < 30 and report["channel"] == "Y (BT.601)"
+    # The table goes to stdout and into the Markdown file, with the mean.
+    row = f"| calendar | 3 | {np.mean(expected_psnr):.2f} | {np.mean(expected_ssim):.4f} |"
+    assert row in result.stdout and row in (tmp_path / "out.md").read_text()
+
+
+@needs_shared(CALENDAR_LR)
+def test_checkpoint_cli_runs_the_model_on_a_crop(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "random.pth", HiRN())
+    result = _hirn_eval("--data-root", DATA, "--clips", "calendar", "--max-frames", 2,
+                        "--crop", "64", "--checkpoint", tmp_path / "random.pth",
+                        "-o", tmp_path / "res" / "hirn")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "res" / "hirn.json").read_text())
+    assert report["method"] == "hirn:random.pth" and report["options"]["crop"] == [64, 64]
+    (clip,) = report["clips"]
+    assert clip["frames"] == 2 and len(clip["psnr_per_frame"]) == 2
+    # A random network is far from the frames but its rounded output is scored.
+    assert all(0 < p < 30 for p in clip["psnr_per_frame"])
+    assert all(-1 <= s < 0.9 for s in clip["ssim_per_frame"])
+    assert "| calendar | 2 |" in (tmp_path / "res" / "hirn.md").read_text()
+
+
+class _FakeModel(torch.nn.Module):
+    """Nearest x4 with a gain that leaves [0, 1], to check the upscaler's plumbing."""
+
+    def forward(self, lq):
+        assert lq.dim() == 5 and lq.dtype == torch.float32 and float(lq.max()) <= 1
+        assert not torch.is_grad_enabled()
+        n, t, c, h, w = lq.shape
+        up = torch.nn.functional.interpolate(lq.flatten(0, 1), scale_factor=4, mode="nearest")
+        return (up * 1.2 - 0.1).view(n, t, c, 4 * h, 4 * w)
+
+
+def test_checkpoint_upscaler_feeds_the_clip_whole_and_rounds(monkeypatch):
+    import hirn.train.checkpoint as checkpoint
+
+    calls = []
+    monkeypatch.setattr(checkpoint, "load_model",
+                        lambda path, **kw: calls.append((path, kw)) or _FakeModel())
+    upscale = checkpoint_upscaler("any.pth", "cpu", "params_ema")
+    lr = np.random.default_rng(0).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    sr = upscale(lr)
+    assert calls[0][1]["param_key"] == "params_ema"
+    assert sr.dtype == np.uint8 and sr.shape == (3, 32, 40, 3)
+    values = (lr.astype(np.float32) / 255 * 1.2 - 0.1).clip(0, 1) * 255
+    expected = np.round(values).astype(np.uint8).repeat(4, axis=1).repeat(4, axis=2)
+    np.testing.assert_array_equal(sr, expected)
+    assert (sr == 0).any() and (sr == 255).any()  # clamped, not wrapped
+
+
+def test_lr_made_from_gt_and_reds4_scored_on_rgb(tmp_path):
+    """Without an LR folder the LR frames are imresize(GT, 1/4); REDS4 is scored on RGB."""
+    rng = np.random.default_rng(0)
+    gt = cv2.GaussianBlur(rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8).reshape(
+        128, 96, 3), (7, 7), 2).reshape(2, 64, 96, 3)
+    _write_clip(tmp_path / "reds4" / "011", gt)
+    report = evaluate("reds4", tmp_path, bicubic_upscaler(), "bicubic")
+    (clip,) = report.clips
+    assert clip.name == "011" and clip.lr_source == "imresize(GT, 1/4)"
+    sr = [imresize(imresize(g, 0.25), 4) for g in gt]
+    np.testing.assert_allclose(clip.psnr_per_frame, [psnr(s, g) for s, g in zip(sr, gt)],
+                               rtol=0, atol=METRIC_ATOL)
+    np.testing.assert_allclose(clip.ssim_per_frame, [ssim(s, g) for s, g in zip(sr, gt)],
+                               rtol=0, atol=METRIC_ATOL)
+    assert report.channel == "RGB" and report.mean_psnr == clip.psnr
+
+
+def test_mean_is_over_clips_not_frames(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, frames in (("calendar", 1), ("walk", 3)):
+        _write_clip(tmp_path / "vid4" / name, rng.integers(0, 256, (frames, 32, 32, 3),
+                                                           dtype=np.uint8))
+    report = evaluate("vid4", tmp_path, bicubic_upscaler(), "bicubic")
+    assert [c.name for c in report.clips] == ["calendar", "walk"]
+    assert math.isclose(report.mean_psnr, (report.clips[0].psnr + report.clips[1].psnr) / 2)
+    assert math.isclose(report.clips[1].psnr, np.mean(report.clips[1].psnr_per_frame))
+
+
+def test_default_data_root_follows_hirn_shared(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIRN_SHARED", str(tmp_path))
+    assert default_data_root() is None
+    (tmp_path / "data").mkdir()
+    assert default_data_root() == tmp_path / "data"
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-root", "{tmp}/nowhere", "--method", "bicubic"], "is not a directory"),
+    (["--data-root", "{tmp}", "--clips", "nosuchclip", "--method", "bicubic"],
+     "unknown clip(s) ['nosuchclip']"),
+    (["--data-root", "{tmp}", "--checkpoint", "{tmp}/missing.pth"], "checkpoint not found"),
+    (["--data-root", "{tmp}", "--checkpoint", "{tmp}/garbage.pth"], "cannot read checkpoint"),
+    (["--data-root", "{tmp}", "--checkpoint", "{tmp}/small.pth"], "does not fit HiRN"),
+    (["--data-root", "{tmp}", "--method", "bicubic", "--crop", "40"], "does not fit LR frames"),
+])
+def test_user_errors_are_one_line_messages(tmp_path, args, message):
+    _write_clip(tmp_path / "vid4" / "walk", np.zeros((1, 64, 64, 3), np.uint8))
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    save_checkpoint(tmp_path / "small.pth", HiRN(mid_channels=8, num_blocks=1))
+    result = _cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+
+
+@pytest.mark.parametrize("args", [[], ["--method", "bicubic", "--checkpoint", "x.pth"],
+                                  ["--method", "bicubic", "--crop", "0x8"]])
+def test_usage_errors(args):
+    result = _cli(*args)
+    assert result.exit_code == 2 and "Error" in result.output
+
+
+def test_load_clip_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no frames"):
+        (tmp_path / "c" / "GT").mkdir(parents=True)
+        load_clip(tmp_path / "c")
+    _write_clip(tmp_path / "odd", np.zeros((1, 30, 32, 3), np.uint8))
+    with pytest.raises(DatasetError, match="not divisible by 4"):
+        load_clip(tmp_path / "odd")
+    _write_clip(tmp_path / "short", np.zeros((2, 32, 32, 3), np.uint8))
+    _write_clip(tmp_path / "short", np.zeros((1, 8, 8, 3), np.uint8), sub="LR")
+    with pytest.raises(DatasetError, match="lacks 1 frame"):
+        load_clip(tmp_path / "short")
+
+
+def test_upscaler_with_wrong_output_is_reported(tmp_path):
+    _write_clip(tmp_path / "vid4" / "walk", np.zeros((1, 32, 32, 3), np.uint8))
+    with pytest.raises(HirnError, match=r"expected uint8 \[1, 32, 32, 3\]"):
+        evaluate("vid4", tmp_path, lambda lr: lr.repeat(2, axis=1).repeat(2, axis=2), "x2")
+    with pytest.raises(HirnError, match="returned float64"):
+        evaluate("vid4", tmp_path, lambda lr: np.zeros((1, 32, 32, 3)), "float")
