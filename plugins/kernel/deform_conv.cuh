@@ -304,7 +304,11 @@ struct FmaAccum
 #pragma unroll
                 for (int j = 0; j < 8; ++j)
                 {
+#if defined(__CUDA_ARCH__)
                     v[i][j] = fmaf(av[i], bv[j], v[i][j]);
+#else
+                    v[i][j] += av[i] * bv[j]; // libm's fmaf is emulated (slow) on CPUs built without FMA
+#endif
                 }
             }
         }
