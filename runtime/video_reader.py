@@ -125,7 +125,9 @@ class VideoSource(FrameSource):
                               frames_read=0) from error
         if first is None:
             raise SourceError(f"{path} holds a video stream but no frames: it is empty")
-        self.width, self.height = first.width, first.height
+        self._coded = first.width, first.height
+        self._turns = self._note_rotation(first.rotation)
+        self.width, self.height = self._coded[::-1] if self._turns % 2 else self._coded
         self._note_format(first.format)
         self.has_audio = len(container.streams.audio) > 0
         sar = stream.sample_aspect_ratio
@@ -195,14 +197,30 @@ class VideoSource(FrameSource):
             container.close()
         self._check_length(read)
 
+    def _note_rotation(self, degrees: int) -> int:
+        """Quarter turns (counterclockwise) that show the frames upright, as the video's
+        display matrix asks (phone videos are often stored sideways)."""
+        if degrees % 90:
+            self._note(f"a display rotation of {degrees} degrees was ignored (not a multiple "
+                       f"of 90)")
+            return 0
+        turns = round(degrees / 90) % 4
+        if turns:
+            way = {1: "90 degrees counterclockwise", 2: "180 degrees",
+                   3: "90 degrees clockwise"}[turns]
+            self._note(f"frames turned {way}, as the video's display rotation asks")
+        return turns
+
     def _to_rgb(self, frame) -> np.ndarray:
-        if (frame.width, frame.height) != (self.width, self.height):
-            self._note(f"frames that change size mid-stream were scaled to "
-                       f"{self.width}x{self.height}")
-            return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
-        # PyAV converts any pixel format (gray, yuv420p10le, rgba, ...) using the frame's own
-        # colour matrix and range tags
-        return frame.to_ndarray(format="rgb24")
+        width, height = self._coded
+        if (frame.width, frame.height) != (width, height):
+            self._note(f"frames that change size mid-stream were scaled to {width}x{height}")
+            image = frame.to_ndarray(format="rgb24", width=width, height=height)
+        else:
+            # PyAV converts any pixel format (gray, yuv420p10le, rgba, ...) using the frame's
+            # own colour matrix and range tags
+            image = frame.to_ndarray(format="rgb24")
+        return np.ascontiguousarray(np.rot90(image, self._turns)) if self._turns else image
 
     def _check_length(self, read: int) -> None:
         expected = self.frame_count

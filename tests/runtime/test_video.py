@@ -169,6 +169,28 @@ def test_ten_bit_video_is_reduced_to_8_bit_with_a_note(tmp_path, media):
         assert psnr(image / 255.0, truth / 255.0) > TEN_BIT_MIN_PSNR_DB
 
 
+@pytest.mark.parametrize("degrees, turns, way", [(-90, -1, "90 degrees clockwise"),
+                                                  (90, 1, "90 degrees counterclockwise"),
+                                                  (180, 2, "180 degrees")])
+def test_rotated_video_comes_out_upright(tmp_path, media, degrees, turns, way):
+    frames = media.synthetic_frames(2)
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as out:  # PNG in MP4: lossless, with a display matrix
+        stream = out.add_stream("png", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        stream.set_display_rotation(degrees)
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    source = open_source(path)
+    assert (source.width, source.height) == ((48, 64) if turns % 2 else (64, 48))
+    assert source.notes == [f"frames turned {way}, as the video's display rotation asks"]
+    for (image, _), truth in zip(source, frames):
+        assert np.array_equal(image, np.rot90(truth, turns))
+
+
 def test_gray_alpha_and_16_bit_images_with_notes(tmp_path, media):
     rgb = media.synthetic_frames(1)[0]
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
