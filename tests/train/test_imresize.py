@@ -3,9 +3,10 @@
 import cv2
 import numpy as np
 import pytest
+from support import CALENDAR_LR, DATA, needs_shared
+
 from hirn.train import InputError
 from hirn.train.imresize import contributions, cubic, imresize
-from support import CALENDAR_LR, DATA, needs_shared
 
 CALENDAR_GT = DATA / "vid4" / "calendar" / "GT"
 RAMP_ATOL = 1e-9  # float64 reproduction of a linear ramp by the cubic kernel

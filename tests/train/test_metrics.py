@@ -5,10 +5,11 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hirn.train import InputError
-from hirn.train.metrics import SSIM_C1, psnr, rgb_to_y, ssim
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from support import DATA, needs_shared
+
+from hirn.train import InputError
+from hirn.train.metrics import SSIM_C1, psnr, rgb_to_y, ssim
 
 FRAME = DATA / "vid4" / "walk" / "GT" / "010.png"
 PSNR_ATOL = 1e-10  # dB, vs scikit-image (same float64 formula)
