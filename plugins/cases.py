@@ -8,28 +8,31 @@ Offsets are a smooth flow of a few pixels per earlier feature (groups 0-7 follow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 C_IN, C_OUT, GROUPS, KERNEL = 128, 64, 16, 3
 
 
 @dataclass(frozen=True)
 class DeformCase:
-    """One call's tensors; stride, padding and dilation are those of HiRN (1, 1, 1)."""
+    """One call's tensors and attributes (HiRN's: stride, padding, dilation 1)."""
 
-    input: object   # [N, 128, H, W]
-    offset: object  # [N, 2 * 16 * 9, H, W], (dy, dx) per tap and group
-    mask: object    # [N, 16 * 9, H, W] in (0, 1)
-    weight: object  # [64, 128, 3, 3]
-    bias: object    # [64]
-    stride: int = 1
-    padding: int = 1
-    dilation: int = 1
+    input: object   # [N, C_in, H, W]
+    offset: object  # [N, 2 * G * kh * kw, H_out, W_out], (dy, dx) per tap and group
+    mask: object    # [N, G * kh * kw, H_out, W_out] in (0, 1), or None
+    weight: object  # [C_out, C_in, kh, kw]
+    bias: object    # [C_out] or None
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 1
+    dilation: int | tuple[int, int] = 1
 
-    def to(self, dtype) -> DeformCase:
-        """The same case with every tensor cast to ``dtype``."""
-        return DeformCase(*(t.to(dtype) for t in (self.input, self.offset, self.mask,
-                                                   self.weight, self.bias)))
+    def to(self, *args, **kwargs) -> DeformCase:
+        """The same case with ``Tensor.to(*args, **kwargs)`` applied to every tensor."""
+        cast = {name: None if t is None else t.to(*args, **kwargs) for name, t in (
+            ("input", self.input), ("offset", self.offset), ("mask", self.mask),
+            ("weight", self.weight), ("bias", self.bias))}
+        return replace(self, **cast)
 
     def args(self) -> tuple:
         """Positional arguments of ``deform_conv_cuda`` / ``deform_conv_emulated``."""
@@ -71,3 +74,24 @@ def hirn_case(height: int, width: int, batch: int = 1, seed: int = 0,
     weight = (torch.rand(C_OUT, C_IN, KERNEL, KERNEL, generator=g, device=device) * 2 - 1) * bound
     bias = 0.1 * torch.randn(C_OUT, generator=g, device=device)
     return DeformCase(feat, offset, mask, weight, bias)
+
+
+def random_case(c_in: int = 16, groups: int = 2, c_out: int = 8, size=(7, 9), kernel=(3, 3),
+                stride=1, padding=1, dilation=1, batch: int = 1, seed: int = 0,
+                device: str = "cpu") -> DeformCase:
+    """A small float32 case with offsets up to 6 px, so that many taps straddle the borders."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    (h, w), (kh, kw) = size, kernel
+    (sh, sw), (ph, pw), (dh, dw) = ((v, v) if isinstance(v, int) else tuple(v)
+                                    for v in (stride, padding, dilation))
+    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    taps = kh * kw
+    tensors = (torch.randn(batch, c_in, h, w, generator=g),
+               (torch.rand(batch, 2 * groups * taps, h_out, w_out, generator=g) - 0.5) * 12,
+               torch.rand(batch, groups * taps, h_out, w_out, generator=g),
+               torch.randn(c_out, c_in, kh, kw, generator=g) / math.sqrt(c_in * taps),
+               torch.randn(c_out, generator=g))
+    return DeformCase(*(t.to(device) for t in tensors), stride, padding, dilation)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hirn.plugins import loader
-from hirn.plugins.cases import hirn_case
+from hirn.plugins.cases import hirn_case, random_case
 from hirn.plugins.errors import KernelInputError
 from hirn.train.deform_conv import deform_conv2d
 
@@ -27,21 +27,8 @@ def kernel():
     return loader.load_kernel()  # builds once per source hash, then reuses the cached library
 
 
-def _case(c_in=16, groups=2, c_out=8, size=(7, 9), kernel=(3, 3), stride=1, pad=1, dil=1,
-          batch=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    (h, w), (kh, kw) = size, kernel
-    (sh, sw), (ph, pw), (dh, dw) = (loader._pair(v, "") for v in (stride, pad, dil))
-    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    taps = kh * kw
-    inp = torch.randn(batch, c_in, h, w, generator=g)
-    # Offsets up to 6 px: many taps land outside the input or straddle its borders.
-    offset = (torch.rand(batch, 2 * groups * taps, h_out, w_out, generator=g) - 0.5) * 12
-    mask = torch.rand(batch, groups * taps, h_out, w_out, generator=g)
-    weight = torch.randn(c_out, c_in, kh, kw, generator=g) / math.sqrt(c_in * taps)
-    bias = torch.randn(c_out, generator=g)
-    return inp, offset, mask, weight, bias, stride, pad, dil
+def _case(**kwargs):
+    return random_case(**kwargs).args()
 
 
 def _reference(inp, offset, mask, weight, bias, stride, pad, dil):
@@ -58,9 +45,9 @@ CASES = {
     "scalar_groups": dict(c_in=12, groups=3, c_out=5, size=(7, 9)),
     "two_out_blocks": dict(c_in=16, groups=2, c_out=72, size=(5, 30)),
     "partial_chunks": dict(c_in=24, groups=3, c_out=8, size=(9, 31)),
-    "kernel_1x1": dict(kernel=(1, 1), pad=0),
-    "kernel_1x3": dict(kernel=(1, 3), pad=(0, 1)),
-    "strided_dilated": dict(c_in=16, groups=4, stride=2, pad=2, dil=2, size=(11, 13)),
+    "kernel_1x1": dict(kernel=(1, 1), padding=0),
+    "kernel_1x3": dict(kernel=(1, 3), padding=(0, 1)),
+    "strided_dilated": dict(c_in=16, groups=4, stride=2, padding=2, dilation=2, size=(11, 13)),
     "batch_of_two": dict(c_in=32, groups=4, c_out=16, size=(6, 7), batch=2),
     "one_row": dict(c_in=8, groups=1, c_out=3, size=(1, 5)),
 }
