@@ -141,6 +141,13 @@ def _center_crop(size: tuple[int, int], crop: tuple[int, int]) -> tuple[slice, s
     return slice(top, top + ch), slice(left, left + cw)
 
 
+def _stack(frames: list[np.ndarray], folder: Path) -> np.ndarray:
+    sizes = sorted({f.shape[:2] for f in frames})
+    if len(sizes) > 1:
+        raise DatasetError(f"frames in {folder} differ in size: {sizes}; a clip needs one size")
+    return np.stack(frames)
+
+
 def load_clip(folder: Path, max_frames: int | None = None,
               crop: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """GT and LR frames of one clip.
@@ -158,14 +165,15 @@ def load_clip(folder: Path, max_frames: int | None = None,
     if not names:
         raise DatasetError(f"no frames ({'/'.join(FRAME_SUFFIXES)}) in {folder / 'GT'}")
     names = names[:max_frames] if max_frames else names
-    gt = np.stack([read_rgb(p) for p in names])
+    gt = _stack([read_rgb(p) for p in names], folder / "GT")
     lr_folder = next((folder / n for n in LR_FOLDERS if (folder / n).is_dir()), None)
     if lr_folder is not None:
         missing = [p.name for p in names if not (lr_folder / p.name).is_file()]
         if missing:
             raise DatasetError(f"{lr_folder} lacks {len(missing)} frame(s) of GT, e.g. "
                                f"{missing[0]}")
-        lr, source = np.stack([read_rgb(lr_folder / p.name) for p in names]), lr_folder.name
+        lr = _stack([read_rgb(lr_folder / p.name) for p in names], lr_folder)
+        source = lr_folder.name
     else:
         if gt.shape[1] % SCALE or gt.shape[2] % SCALE:
             raise DatasetError(f"GT frames in {folder / 'GT'} are {gt.shape[1]}x{gt.shape[2]}, "

@@ -191,6 +191,10 @@ def test_load_clip_errors(tmp_path):
     _write_clip(tmp_path / "short", np.zeros((1, 8, 8, 3), np.uint8), sub="LR")
     with pytest.raises(DatasetError, match="lacks 1 frame"):
         load_clip(tmp_path / "short")
+    _write_clip(tmp_path / "mixed", np.zeros((1, 32, 32, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "mixed" / "GT" / "001.png"), np.zeros((16, 32, 3), np.uint8))
+    with pytest.raises(DatasetError, match="differ in size"):
+        load_clip(tmp_path / "mixed")
 
 
 def test_upscaler_with_wrong_output_is_reported(tmp_path):
