@@ -203,7 +203,13 @@ class VideoSink(FrameSink):
             self._audio.copy_until(float(pts * self.time_base))
 
     def _finish(self) -> None:
-        self._container.mux(self._stream.encode(None))
+        packets = self._stream.encode(None)
+        if self.frames_written == 1:
+            # libx265 leaves the dts of a one-frame stream uninitialised (garbage that the
+            # MP4 muxer refuses, or worse, accepts); one frame decodes when it is shown
+            for packet in packets:
+                packet.dts = packet.pts
+        self._container.mux(packets)
         if self._audio is not None:
             self._audio.copy_until(None)
             self._audio.close()
