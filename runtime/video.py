@@ -134,10 +134,12 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
     if crf is not None and not 0 <= crf <= 51:
         raise SinkError(f"crf must be within 0-51 (lower is better quality), got {crf}")
     audio_path = audio_from.path if isinstance(audio_from, FrameSource) else audio_from
-    if isinstance(audio_from, FrameSource) and not audio_from.has_audio:
-        audio_path = None
     _check_destination(path, folder, overwrite,
                        [Path(p) for p in (input_path, audio_path) if p is not None])
+    if isinstance(audio_from, FrameSource) and not audio_from.has_audio:
+        audio_path = None
+    if audio_path is not None and Path(audio_path).is_dir():
+        audio_path = None  # an image folder has no audio
     time_base = Fraction(time_base) if time_base else 1 / fps
     common = dict(width=width, height=height, fps=fps, time_base=time_base, codec=codec,
                   overwrite=overwrite)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.runtime.errors import DecodeError, SinkError
+from hirn.runtime.errors import SinkError, SourceError
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 # codec name -> (FFmpeg encoder, pixel format); bgr0 keeps FFV1 lossless for RGB input
@@ -239,7 +239,10 @@ class AudioCopier:
     def __init__(self, source: Path, output):
         import av
 
-        self._input = av.open(str(source), metadata_errors="ignore")
+        try:
+            self._input = av.open(str(source), metadata_errors="ignore")
+        except (av.FFmpegError, OSError) as error:
+            raise SourceError(f"cannot read the audio of {source} ({error})") from error
         self._source = source
         self._routes = {}  # input stream index -> (output stream, resampler or None)
         for stream in self._input.streams.audio:
@@ -265,18 +268,20 @@ class AudioCopier:
                 try:
                     self._pending = next(self._packets, None)
                 except (av.FFmpegError, OSError) as error:
-                    raise DecodeError(f"the audio of {self._source} cannot be read ({error})",
-                                      frames_read=0) from error
+                    raise SourceError(f"the audio of {self._source} cannot be read "
+                                      f"({error}): the file is damaged or truncated") from error
                 if self._pending is None:
                     self._packets = None
                     self._flush_encoders()
                     return
             packet = self._pending
-            if packet.dts is None or packet.size == 0:  # demuxer flush markers
-                self._pending = None
+            if packet.size == 0 or (packet.pts is None and packet.dts is None):
+                self._pending = None  # demuxer flush markers, untimed data
                 continue
-            if seconds is not None and packet.pts is not None and packet.time_base \
-                    and float(packet.pts * packet.time_base) > seconds:
+            if packet.dts is None:
+                packet.dts = packet.pts
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if seconds is not None and float(stamp * packet.time_base) > seconds:
                 return
             self._pending = None
             self._route(packet)

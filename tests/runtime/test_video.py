@@ -502,6 +502,14 @@ def test_existing_outputs_need_overwrite(tmp_path, media):
         sink.write(frames[1])
     assert leftovers(folder) == ["000000.png"] and sorted(leftovers(tmp_path)) == [
         "frames", "out.mp4"]
+    # a folder of images as the audio source: nothing to copy, and it is still protected
+    with open_sink(tmp_path / "quiet.mp4", width=64, height=48, fps=25,
+                   audio_from=folder) as sink:
+        sink.write(frames[0])
+    assert not open_source(tmp_path / "quiet.mp4").has_audio
+    with pytest.raises(SinkError, match="is the input"):
+        open_sink(folder, width=64, height=48, fps=25, overwrite=True, audio_from=folder)
+    (tmp_path / "quiet.mp4").unlink()
     (folder / "keep.txt").write_text("not ours")
     with pytest.raises(SinkError, match="holds files other than PNGs"):
         open_sink(folder, width=64, height=48, fps=25, overwrite=True)
