@@ -3,7 +3,10 @@ per-thread code, run block by block on the CPU, equals the plain-PyTorch DCNv2."
 
 import ctypes
 import math
+import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,3 +193,67 @@ def test_mismatched_tensors_are_refused_before_the_kernel():
         loader.describe(inp, offset.half(), mask, weight, bias, s, p, d)
     with pytest.raises(KernelInputError, match="weight groups are not supported"):
         loader.describe(inp, offset, mask, weight[:, :8], bias, s, p, d)
+
+
+PLUGIN_DIR = loader.KERNEL_DIR.parent / "trt"
+
+
+def _tensorrt_include() -> Path | None:
+    roots = [os.environ.get("TENSORRT_ROOT"), "/usr", "/usr/local/tensorrt", "/opt/tensorrt"]
+    for root in filter(None, roots):
+        for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
+            if (Path(root) / sub / "NvInferRuntime.h").is_file():
+                return Path(root) / sub
+    return None
+
+
+@needs_nvcc
+@pytest.mark.skipif(_tensorrt_include() is None,
+                    reason="TensorRT headers not found (set TENSORRT_ROOT): the plugin sources "
+                           "are not compiled here; the kernel they call is")
+def test_plugin_sources_compile_against_tensorrt_headers():
+    # The include folders nvcc itself uses (its dry run lists them).
+    dry = subprocess.run([loader.find_nvcc(), "--dryrun", "-c", "-x", "cu", os.devnull, "-o",
+                          os.devnull], capture_output=True, text=True).stderr
+    cuda = {m for m in re.findall(r'INCLUDES=.*?"?-I"?([^"\s]+)', dry)}
+    includes = [f"-I{PLUGIN_DIR}", f"-I{loader.KERNEL_DIR}", f"-isystem{_tensorrt_include()}"]
+    includes += [f"-isystem{p}" for p in sorted(cuda)]
+    for source in ("deform_conv_plugin.cpp", "plugin_registration.cpp"):
+        result = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror",
+                                 "-fsyntax-only", *includes, str(PLUGIN_DIR / source)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_plugin_matches_the_onnx_node_the_exporter_writes(tmp_path):
+    """Op name, domain/namespace, version, attribute names and lengths: the ONNX parser's keys."""
+    import onnx
+
+    from hirn.train.deform_conv import export_form
+
+    header = (PLUGIN_DIR / "deform_conv_plugin.h").read_text()
+    constants = dict(re.findall(r'constexpr char const\* (k\w+) = "(\w*)";', header))
+    fields = re.findall(r'mFields\.emplace_back\("(\w+)", nullptr, PluginFieldType::kINT32, (\d)\)',
+                        (PLUGIN_DIR / "deform_conv_plugin.cpp").read_text())
+
+    class Align(torch.nn.Module):
+        def forward(self, x, offset, mask, weight, bias):
+            return deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask)
+
+    case = random_case(c_in=32, groups=4, c_out=8, size=(6, 7))
+    path = tmp_path / "dcn.onnx"
+    with export_form("plugin"), torch.no_grad():
+        torch.onnx.export(Align(), case.args()[:5], str(path), dynamo=False, opset_version=19,
+                          input_names=["input", "offset", "mask", "weight", "bias"])
+    model = onnx.load(str(path))
+    (node,) = [n for n in model.graph.node if n.op_type == constants["kPluginName"]]
+    assert node.domain == constants["kPluginNamespace"]
+    assert {o.domain: o.version for o in model.opset_import}[node.domain] == \
+        int(constants["kPluginVersion"])
+    assert list(node.input) == ["input", "offset", "mask", "weight", "bias"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert sorted(attrs) == sorted(name for name, _ in fields)
+    for name, length in fields:
+        value = attrs[name]
+        assert (len(value) if isinstance(value, list) else 1) == int(length)
+    assert attrs["deformable_groups"] == 4 and attrs["padding"] == [1, 1]
