@@ -129,6 +129,9 @@ class VideoSource(FrameSource):
         self._turns = self._note_rotation(first.rotation)
         self.width, self.height = self._coded[::-1] if self._turns % 2 else self._coded
         self._note_format(first.format)
+        if first.interlaced_frame:
+            self._note("the video is interlaced: its frames are taken as stored, not "
+                       "deinterlaced")
         self.has_audio = len(container.streams.audio) > 0
         sar = stream.sample_aspect_ratio
         self.sample_aspect_ratio = Fraction(sar) if sar and sar != 1 else None

@@ -169,6 +169,13 @@ def test_ten_bit_video_is_reduced_to_8_bit_with_a_note(tmp_path, media):
         assert psnr(image / 255.0, truth / 255.0) > TEN_BIT_MIN_PSNR_DB
 
 
+def test_interlaced_video_is_noted(tmp_path, media):
+    path = media.write_video(tmp_path / "tv.mp4", media.synthetic_frames(2),
+                             options={"x264-params": "tff=1"})  # interlaced, top field first
+    assert open_source(path).notes == [
+        "the video is interlaced: its frames are taken as stored, not deinterlaced"]
+
+
 @pytest.mark.parametrize("degrees, turns, way", [(-90, -1, "90 degrees clockwise"),
                                                   (90, 1, "90 degrees counterclockwise"),
                                                   (180, 2, "180 degrees")])
