@@ -210,7 +210,8 @@ def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
     raise cls(f"{what}: {STATUS_NAMES.get(status, status)}: {detail}")
 
 
-def _run(input, offset, mask, weight, bias, stride, padding, dilation, device: str):
+def _bind(input, offset, mask, weight, bias, stride, padding, dilation, device: str):
+    """Check the call once; return a function that runs it and returns its output tensor."""
     import torch
 
     shape = describe(input, offset, mask, weight, bias, stride, padding, dilation)
@@ -221,23 +222,40 @@ def _run(input, offset, mask, weight, bias, stride, padding, dilation, device: s
     _check(lib, lib.hirn_deform_conv_check(ctypes.byref(shape), dtype), "deform_conv")
     out = torch.empty(shape.batch, shape.out_channels, *offset.shape[2:], dtype=input.dtype,
                       device=input.device)
-    # Dense NCHW is what the kernel reads; contiguous() keeps the copies alive for this call.
+    # Dense NCHW is what the kernel reads; the closure keeps these (possible) copies alive.
     args = [t.contiguous() if t is not None else None
             for t in (input, offset, mask, weight, bias)]
     ptrs = [ctypes.c_void_p(t.data_ptr() if t is not None else None) for t in args]
+    ptrs.append(ctypes.c_void_p(out.data_ptr()))
     if device == "cpu":
-        status = lib.hirn_deform_conv_forward_host(ctypes.byref(shape), dtype, *ptrs,
-                                                   ctypes.c_void_p(out.data_ptr()))
-    else:
-        with torch.cuda.device(input.device):
-            size = lib.hirn_deform_conv_workspace_size(ctypes.byref(shape), dtype)
-            workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=input.device)
-            stream = torch.cuda.current_stream(input.device).cuda_stream
-            status = lib.hirn_deform_conv_forward(
-                ctypes.byref(shape), dtype, *ptrs, ctypes.c_void_p(out.data_ptr()),
-                ctypes.c_void_p(workspace.data_ptr()), size, ctypes.c_void_p(stream))
-    _check(lib, status, "deform_conv")
-    return out
+        def run():
+            _check(lib, lib.hirn_deform_conv_forward_host(ctypes.byref(shape), dtype, *ptrs),
+                   "deform_conv")
+            _ = args  # alive as long as the closure
+            return out
+        return run
+
+    size = lib.hirn_deform_conv_workspace_size(ctypes.byref(shape), dtype)
+    workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=input.device)
+    workspace_ptr = ctypes.c_void_p(workspace.data_ptr())
+
+    def run():
+        with torch.cuda.device(out.device):
+            stream = ctypes.c_void_p(torch.cuda.current_stream(out.device).cuda_stream)
+            status = lib.hirn_deform_conv_forward(ctypes.byref(shape), dtype, *ptrs,
+                                                  workspace_ptr, size, stream)
+        _check(lib, status, "deform_conv")
+        _ = (args, workspace)  # alive as long as the closure
+        return out
+    return run
+
+
+def bind_cuda(input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1):
+    """Validate a ``deform_conv_cuda`` call once and return a no-argument function that
+    reruns the kernel on the same tensors' storage (on the current stream) and returns the
+    same output tensor: for timing without Python checks, and for CUDA-graph capture after a
+    first call."""
+    return _bind(input, offset, mask, weight, bias, stride, padding, dilation, "cuda")
 
 
 def deform_conv_cuda(input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -258,7 +276,7 @@ def deform_conv_cuda(input, offset, mask, weight, bias=None, stride=1, padding=0
     Returns:
         ``[N, C_out, H_out, W_out]`` in the input's dtype.
     """
-    return _run(input, offset, mask, weight, bias, stride, padding, dilation, "cuda")
+    return bind_cuda(input, offset, mask, weight, bias, stride, padding, dilation)()
 
 
 def deform_conv_emulated(input, offset, mask, weight, bias=None, stride=1, padding=0,
@@ -268,4 +286,4 @@ def deform_conv_emulated(input, offset, mask, weight, bias=None, stride=1, paddi
     Single-threaded and slow; meant for testing the kernel's indexing, packing and tiling on
     machines without a GPU. FP16 tensors are rounded exactly where the GPU rounds them.
     """
-    return _run(input, offset, mask, weight, bias, stride, padding, dilation, "cpu")
+    return _bind(input, offset, mask, weight, bias, stride, padding, dilation, "cpu")()

@@ -142,6 +142,15 @@ def test_runs_on_the_current_stream(kernel):
     assert torch.equal(out, expected)
 
 
+def test_bound_call_reads_the_tensors_current_values(kernel):
+    case = hirn_case(20, 36, seed=5, device="cuda").to(torch.float16)
+    run = loader.bind_cuda(*case.args())
+    first = run().clone()
+    case.offset.add_(0.75)  # in place: the bound call sees the new values
+    assert torch.equal(run(), loader.deform_conv_cuda(*case.args()))
+    assert not torch.equal(first, run())
+
+
 def test_unsupported_kernel_size_is_refused(kernel):
     case = random_case(kernel=(5, 5), padding=2, device="cuda")
     with pytest.raises(KernelInputError, match="more than 9 taps"):
