@@ -102,11 +102,14 @@ def _describe(spec: GraphSpec, precision: str) -> dict:
 
 def export_onnx(checkpoint: str | Path | None, output: str | Path,
                 options: ExportOptions = ExportOptions(), model: HiRN | None = None,
-                progress=None) -> dict:
+                progress=None, graphs: list[str] | None = None) -> dict:
     """Write every per-step graph of a checkpoint (or ``model``) into ``output``.
 
     The folder appears complete or not at all: graphs are written to a
     temporary folder beside it and renamed into place at the end.
+
+    ``graphs`` limits the export to some graphs (for tests and experiments;
+    the runtime needs them all).
 
     Returns:
         The manifest written as ``output/manifest.json``.
@@ -122,8 +125,8 @@ def export_onnx(checkpoint: str | Path | None, output: str | Path,
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         modules = _graph_modules(model, options.precision)
-        specs = graph_specs(model.mid_channels)
-        graphs = {}
+        specs = [s for s in graph_specs(model.mid_channels) if not graphs or s.name in graphs]
+        entries = {}
         for spec in specs:
             if progress:
                 progress(spec.name)
@@ -131,7 +134,7 @@ def export_onnx(checkpoint: str | Path | None, output: str | Path,
             entry = _describe(spec, options.precision)
             entry["sha256"] = sha256_of(staging / spec.filename)
             entry["bytes"] = (staging / spec.filename).stat().st_size
-            graphs[spec.name] = entry
+            entries[spec.name] = entry
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model": {"architecture": "HiRN", "scale": 4, "mid_channels": model.mid_channels,
@@ -142,7 +145,7 @@ def export_onnx(checkpoint: str | Path | None, output: str | Path,
                              "feature": "feature maps", OUTPUT: "HR RGB, not clamped, float32"},
             "checkpoint": ({"file": Path(checkpoint).name, "sha256": sha256_of(checkpoint)}
                            if checkpoint else None),
-            "tools": tool_versions(), "graphs": graphs,
+            "tools": tool_versions(), "graphs": entries,
         }
         write_manifest(staging, manifest)
         if output.exists():

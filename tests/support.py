@@ -33,3 +33,17 @@ def psnr(a, b, peak: float = 1.0) -> float:
     """PSNR in dB of two float arrays/tensors; inf when equal."""
     mse = float(((a - b) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+ONNX_GRAPH_ATOL = 1e-4   # one exported graph vs its PyTorch step module (float32)
+ONNX_CLIP_ATOL = 1e-4    # whole clip through onnxruntime vs the original's output
+ONNX_MIN_PSNR_DB = 60.0  # whole real clip, onnxruntime vs PyTorch (float32)
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 600):
+    """Run a console script of this project (``hirn-run``, ...) as a subprocess."""
+    import shutil
+    import subprocess
+
+    executable = shutil.which(args[0])
+    assert executable, f"{args[0]} is not installed (pip install -e .)"
+    return subprocess.run([executable, *args[1:]], capture_output=True, text=True,
+                          check=check, timeout=timeout)

@@ -96,6 +96,15 @@ def deform_conv2d(
     if torch.jit.is_tracing() and _export_form != "decomposed":
         if mask is None or bias is None:
             raise ValueError("the DeformConv export forms need a mask and a bias")
+        if input.dtype != offset.dtype and _export_form == "onnx":
+            # DeformConv takes one dtype: FP16 features are sampled at FP32 positions.
+            out = deform_conv2d(input.to(offset.dtype), offset, weight.to(offset.dtype),
+                                bias.to(offset.dtype), stride, padding, dilation,
+                                mask.to(offset.dtype))
+            return out.to(input.dtype)
+        if input.dtype != offset.dtype:
+            # The plugin runs FP16 end to end (FP32 accumulation inside).
+            offset = offset.to(input.dtype)
         with warnings.catch_warnings():  # channel counts are constants of the graph
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
@@ -114,7 +123,8 @@ def _decomposed(input, offset, weight, bias, stride, padding, dilation, mask):
     h_out, w_out = offset.shape[-2:]
     offset_groups = offset.shape[1] // (2 * taps)
     weight_groups = c_in // c_in_per_wgroup
-    if offset.shape[1] != 2 * offset_groups * taps or c_in % offset_groups:
+    if not torch.jit.is_tracing() and (offset.shape[1] != 2 * offset_groups * taps
+                                       or c_in % offset_groups):
         raise ValueError(f"offset has {offset.shape[1]} channels: expected 2 * groups * {taps} "
                          f"with groups dividing {c_in} input channels")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.export.manifest import verify_folder
+from hirn.export.graphs import graph_specs
+from hirn.export.manifest import ModelFolderError, verify_folder
 
 from .base import BackendConfig, BackendError, Runner
 
@@ -44,6 +45,10 @@ class OnnxRuntimeRunner(Runner):
         self.folder = Path(folder)
         self.manifest = verify_folder(self.folder)
         graphs = self.manifest["graphs"]
+        needed = [s.name for s in graph_specs(self.manifest["model"]["mid_channels"])]
+        if missing := [name for name in needed if name not in graphs]:
+            raise ModelFolderError(f"{self.folder} lacks the graphs {missing}; export the "
+                                   "whole model with hirn-export onnx")
         super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
                          self.manifest["model"]["mid_channels"])
         if provider not in PROVIDERS:

@@ -1,0 +1,91 @@
+"""The runtime driver: whole clips through each backend equal the model."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from support import (
+    CALENDAR_LR,
+    ONNX_CLIP_ATOL,
+    ONNX_MIN_PSNR_DB,
+    REFERENCE,
+    REFERENCE_WEIGHTS,
+    needs_shared,
+    psnr,
+)
+
+from hirn.export.manifest import ModelFolderError
+from hirn.export.onnx_export import export_onnx
+from hirn.runtime.backends import BackendConfig, BackendError, create_runner
+from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
+from hirn.runtime.backends.torch_backend import TorchRunner
+from hirn.runtime.driver import is_mirror_extended, upscale_clip
+from hirn.train import HiRN, load_model
+
+pytestmark = needs_shared(REFERENCE_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(REFERENCE_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("driver") / "graphs"
+    export_onnx(REFERENCE_WEIGHTS, folder, model=model)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["hirn_t6_64x64", "hirn_t17_64x64"])
+def test_onnxruntime_clip_matches_original(onnx_dir, case):
+    ref = np.load(REFERENCE / f"{case}.npz")
+    out = upscale_clip(OnnxRuntimeRunner(onnx_dir), ref["lq"][0], batch_size=4)
+    assert np.abs(out - ref["out"][0]).max() <= ONNX_CLIP_ATOL
+
+
+def test_torch_backend_clip_matches_original(model):
+    ref = np.load(REFERENCE / "hirn_t6_64x64.npz")
+    out = upscale_clip(TorchRunner(model), ref["lq"][0], batch_size=3)
+    assert np.abs(out - ref["out"][0]).max() <= ONNX_CLIP_ATOL
+
+
+@needs_shared(CALENDAR_LR)
+def test_onnxruntime_on_real_frames_matches_pytorch(onnx_dir, model):
+    """Calendar LR frames (a 64x96 crop of the first 9: GOP-7 with its uncomputed frame)."""
+    paths = sorted(CALENDAR_LR.glob("*.png"))[:9]
+    frames = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
+    clip = frames[:, 40:104, 50:146].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    with torch.no_grad():
+        expected = model(torch.from_numpy(clip)[None])[0].numpy()
+    out = upscale_clip(OnnxRuntimeRunner(onnx_dir), clip, batch_size=4)
+    db = psnr(np.clip(out, 0, 1), np.clip(expected, 0, 1))
+    print(f"calendar crop, onnxruntime vs PyTorch: {db:.1f} dB")
+    assert db >= ONNX_MIN_PSNR_DB
+
+
+def test_mirrored_clip_is_detected_and_gives_the_same_result(model):
+    torch.manual_seed(3)
+    half = torch.rand(2, 3, 64, 64)
+    clip = torch.cat([half, half.flip(0)]).numpy()
+    assert is_mirror_extended(clip) and not is_mirror_extended(clip[:3])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(clip)[None])[0].numpy()
+    out = upscale_clip(TorchRunner(model), clip)
+    assert np.abs(out - expected).max() <= ONNX_CLIP_ATOL
+
+
+def test_backend_factory_and_clear_errors(onnx_dir, tmp_path):
+    runner = create_runner(BackendConfig(backend="onnxruntime", onnx_dir=onnx_dir))
+    assert "CPUExecutionProvider" in runner.describe()
+    with pytest.raises(BackendError, match="needs --onnx DIR"):
+        create_runner(BackendConfig(backend="onnxruntime"))
+    with pytest.raises(BackendError, match="unknown backend"):
+        create_runner(BackendConfig(backend="tflite"))
+    with pytest.raises(BackendError, match=r"requested provider CUDAExecutionProvider"):
+        OnnxRuntimeRunner(onnx_dir, provider="cuda")
+    with pytest.raises(ModelFolderError, match="no manifest.json"):
+        OnnxRuntimeRunner(tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA GPU"):
+            TorchRunner(HiRN(mid_channels=16, num_blocks=1), device="cuda")
