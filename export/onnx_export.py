@@ -6,6 +6,7 @@ import copy
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +75,59 @@ def _graph_modules(model: HiRN, precision: str) -> dict[str, nn.Module]:
     return modules
 
 
+class _TracedConv(torch.autograd.Function):
+    """A convolution that exports as the standard Conv node but computes nothing.
+
+    CPUs have no fast FP16 convolution (a single 64-channel layer takes seconds),
+    and tracing needs shapes, not values; the graphs' numbers are checked against
+    PyTorch FP32 by the parity tests and benchmarks.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, stride, padding, dilation, groups):
+        # Only size-preserving convolutions come here (no shape arithmetic to trace).
+        return input.new_zeros(input.shape[0], weight.shape[0], *input.shape[2:])
+
+    @staticmethod
+    def symbolic(g, input, weight, bias, stride, padding, dilation, groups):
+        kernel = weight.type().sizes()[-2:]
+        return g.op("Conv", input, weight, bias, dilations_i=list(dilation), group_i=groups,
+                    kernel_shape_i=list(kernel), pads_i=list(padding) * 2, strides_i=list(stride))
+
+
+@contextmanager
+def _cheap_half_convolutions(enabled: bool):
+    """While tracing FP16 graphs on the CPU, convolutions export without computing."""
+    if not enabled:
+        yield
+        return
+    original = nn.Conv2d._conv_forward
+
+    def traced(self, input, weight, bias):
+        kh, kw = self.kernel_size
+        same = self.stride == (1, 1) and self.padding == (self.dilation[0] * (kh - 1) // 2,
+                                                           self.dilation[1] * (kw - 1) // 2)
+        if not same:
+            return original(self, input, weight, bias)
+        return _TracedConv.apply(input, weight, bias, self.stride, self.padding, self.dilation,
+                                 self.groups)
+
+    nn.Conv2d._conv_forward = traced
+    try:
+        yield
+    finally:
+        nn.Conv2d._conv_forward = original
+
+
 def _export_graph(module: nn.Module, spec: GraphSpec, path: Path, options: ExportOptions) -> None:
     axes = {}
     for t in (*spec.inputs, *spec.outputs):
         suffix = "_x4" if t.kind == OUTPUT else ""
         axes[t.name] = {0: "batch", 2: f"height{suffix}", 3: f"width{suffix}"}
-    with warnings.catch_warnings(), torch.no_grad(), export_form(options.dcn):
+    cheap = options.precision == "fp16" and next(module.parameters(), torch.empty(0)).dtype \
+        == torch.float16
+    with warnings.catch_warnings(), torch.no_grad(), export_form(options.dcn), \
+            _cheap_half_convolutions(cheap):
         warnings.simplefilter("ignore", category=DeprecationWarning)
         torch.onnx.export(module, _sample_inputs(spec, options.precision), str(path),
                           dynamo=False, opset_version=options.opset,

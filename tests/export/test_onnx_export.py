@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from support import ONNX_GRAPH_ATOL, REFERENCE_WEIGHTS, needs_shared, run_cli
+from support import FP16_GRAPH_RTOL, ONNX_GRAPH_ATOL, REFERENCE_WEIGHTS, needs_shared, run_cli
 
 from hirn.export.graphs import graph_specs
 from hirn.export.manifest import FORMAT_VERSION, ModelFolderError, sha256_of, verify_folder
@@ -102,6 +102,15 @@ def test_fp16_graphs_keep_flows_in_fp32(tmp_path):
     assert elem["current"] == onnx.TensorProto.FLOAT16 and elem["flow_a"] == onnx.TensorProto.FLOAT
     deform = [n for n in graph.graph.node if n.op_type == "DeformConv"]
     assert deform, "the FP16 graph lost its DeformConv"
+    # Numbers: close to the FP32 module (the trace computed no convolution).
+    inputs = _inputs(step, 64, 80, 1, seed=5)
+    with torch.no_grad():
+        expected = small.steps.named()["step_backward"](*inputs).numpy()
+    session = ort.InferenceSession(str(tmp_path / "fp16" / "step_backward.onnx"))
+    feed = {t["name"]: x.numpy().astype(t["dtype"]) for t, x in zip(step["inputs"], inputs)}
+    got = session.run(None, feed)[0].astype(np.float32)
+    scale = np.abs(expected).max()
+    assert np.abs(got - expected).max() <= FP16_GRAPH_RTOL * scale
 
 
 def _corrupt_copy(src, dst, how):
