@@ -155,6 +155,7 @@ class Metric:
 @dataclass(frozen=True)
 class Val:
     val_freq: int = 5000
+    val_at_start: bool = False      # also score the initial weights (iteration 0)
     metrics: dict[str, Metric] = field(default_factory=lambda: {"psnr": Metric()})
     _FIXED: ClassVar[dict] = {"save_img": False}
 

@@ -252,9 +252,11 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
                "samples_per_iter": d.world * data_cfg.batch_size_per_gpu,
                "train_keys": len(dataset), "resumed_from": str(resume_path or "")})
     if val_clips and start == 0:
-        log.write({"iter": 0, **{f"val_{k}_bicubic": v
-                                 for k, v in bicubic_scores(val_clips, cfg).items()},
-                   **{f"val_{k}": v for k, v in validate(model, val_clips, cfg, dev).items()}})
+        record = {"iter": 0, **{f"val_{k}_bicubic": v
+                                for k, v in bicubic_scores(val_clips, cfg).items()}}
+        if cfg.val.val_at_start:
+            record.update({f"val_{k}": v for k, v in validate(model, val_clips, cfg, dev).items()})
+        log.write(record)
 
     # BasicSR steps the scheduler before the first optimiser step, on purpose.
     warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
