@@ -59,16 +59,24 @@ class OnnxRuntimeRunner(Runner):
             raise BackendError(
                 f"requested provider {wanted[0]}, available: {available}. For GPUs: "
                 "pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
-        if self.manifest["dcn"] == "plugin":
+        plugin = self.manifest["dcn"] == "plugin"
+        if plugin and provider != "cpu":
             raise BackendError(f"{self.folder} uses the HirnDeformConv plugin op, which ONNX "
-                               "Runtime does not know: export with --dcn onnx for this backend")
+                               "Runtime runs on the CPU only: use --device cpu, the tensorrt "
+                               "backend, or export with --dcn onnx")
         self.provider, self.device_id = provider, device_id
         self.on_gpu = provider != "cpu"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.sessions = {name: ort.InferenceSession(str(self.folder / g["file"]), options,
+        source = str
+        if plugin:  # the op through onnxruntime-extensions, on an in-memory copy of each graph
+            from .plugin_ops import cpu_model_bytes, register_cpu_op
+
+            register_cpu_op(options)
+            source = cpu_model_bytes
+        self.sessions = {name: ort.InferenceSession(source(self.folder / g["file"]), options,
                                                     providers=wanted)
                          for name, g in graphs.items()}
         self.feature_dtype = _NUMPY_DTYPES[graphs["encode"]["outputs"][0]["dtype"]]
