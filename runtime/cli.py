@@ -1,11 +1,206 @@
-"""``hirn-run``: upscale videos (not built yet)."""
+"""``hirn-run``: upscale videos x4 with HiRN, in bounded memory, with clear errors."""
+
+from __future__ import annotations
+
+import errno
+import re
+from pathlib import Path
 
 import click
 
+from hirn.runtime.backends.base import BACKENDS, BackendConfig
+from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig
+from hirn.runtime.video_writer import CODECS, DEFAULT_CRF
+from hirn.train.errors import HirnError
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("input", required=False)
-@click.option("-o", "--output", help="output video or folder")
-def main(input: str | None, output: str | None) -> None:
-    """Upscale INPUT x4 into OUTPUT (not built yet)."""
-    raise click.ClickException("hirn-run is not built yet: video upscaling is planned")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+HELP = f"""Upscale INPUT x4 into OUTPUT with HiRN.
+
+\b
+  hirn-run video.mp4 -o video_x4.mp4 --checkpoint hirn.pth
+  hirn-run video.mp4 -o video_x4.mkv --onnx graphs/ --codec ffv1
+  hirn-run videos/ -o upscaled/ --checkpoint hirn.pth
+  hirn-run demo                (a synthetic clip, no files needed)
+
+INPUT is a video (any container and codec FFmpeg reads) or a folder. A folder
+that holds images is one input, a frame sequence in natural name order; a folder
+that holds video files (.mp4, .mkv, .mov, .avi, .webm, ...) is a batch: each
+video is upscaled into the folder OUTPUT under its own name, outputs that already
+exist are skipped (so a stopped batch resumes), and under torchrun
+--nproc-per-node N each process takes every N-th file.
+
+OUTPUT is a .mp4, .mkv or .mov video (H.264 unless --codec says otherwise), with
+the input's audio, frame rate and timestamps, or a path without extension for a
+folder of PNGs. It appears only when complete; the input is never touched.
+
+Long videos run in windows of --window frames, each reading --overlap more frames
+on either side as context; memory is bounded by the window, not by the length
+(about 1.2 KiB per LR pixel and frame of window + 2 x overlap for the published
+model: 2.3 GiB at 320x180, 16 GiB at 720x576 with the defaults
+{DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP}). The defaults lose less than 0.01 dB against
+processing a whole Vid4 clip at once (benchmarks/results/windowing.md).
+"""
+
+
+def _device(ctx, param, value: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise click.BadParameter(f"{value!r} is not a device: use cpu, cuda or cuda:N")
+    return value
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"],
+                                            "max_content_width": 100})
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="video file, PNG folder, or (batch) output folder; demo: its folder "
+                   "[default: hirn-demo]")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="HiRN weights (.pth) for the torch backend")
+@click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path),
+              help="a folder from hirn-export onnx, for the onnxruntime backend")
+@click.option("--engines", "engines_dir", type=click.Path(path_type=Path),
+              help="a folder of TensorRT engines, for the tensorrt backend")
+@click.option("--backend", type=click.Choice(BACKENDS),
+              help="default: the one that runs the weights given")
+@click.option("--device", default="cpu", show_default=True, callback=_device,
+              help="cpu, cuda or cuda:N")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]),
+              help="torch backend: fp16 features, fp32 flows (CUDA) [default: fp32]; an "
+                   "ONNX folder runs in the precision it was exported in")
+@click.option("--codec", type=click.Choice(CODECS),
+              help="default: h264 for a video, png for a folder; ffv1 is lossless (.mkv)")
+@click.option("--crf", type=click.IntRange(0, 51),
+              help=f"h264/h265 quality, lower is better [default: {DEFAULT_CRF}]")
+@click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW,
+              show_default=True, help="frames written per window")
+@click.option("--overlap", type=click.IntRange(min=0), default=DEFAULT_OVERLAP,
+              show_default=True, help="frames of context read on each side of a window")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="frames per call of the batchable graphs (encode, flow, decode)")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of the backend [default: all cores]")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
+              help="frame rate of an image-folder input [default: 25]")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUTPUT")
+@click.option("-q", "--quiet", is_flag=True,
+              help="no progress bar and no information lines (notes about the input and "
+                   "the final summary line are still printed)")
+@click.option("--frames", type=click.IntRange(min=1),
+              help="demo only: length of the synthetic clip [default: 8]")
+@click.pass_context
+def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_dir,
+         engines_dir, backend, device, precision, codec, crf, window, overlap, batch_size,
+         threads, fps, overwrite, quiet, frames) -> None:
+    backend_config = BackendConfig(backend=backend, checkpoint=checkpoint, onnx_dir=onnx_dir,
+                                   engines_dir=engines_dir, device=device,
+                                   precision=precision, threads=threads,
+                                   batch_size=batch_size)
+    run_config = RunConfig(window=window, overlap=overlap, codec=codec, crf=crf, fps=fps,
+                           overwrite=overwrite, quiet=quiet)
+    demo = str(input) == "demo"
+    try:
+        if frames is not None and not demo:
+            raise click.UsageError("--frames applies to hirn-run demo only")
+        backend_config = _resolve(backend_config)
+        if demo:
+            from hirn.runtime.demo import run_demo
+
+            run_demo(output or Path("hirn-demo"), backend_config, frames=frames, quiet=quiet)
+        elif output is None:
+            raise click.UsageError("pass the output with -o OUTPUT")
+        else:
+            _run(input, output, backend_config, run_config)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted (Ctrl-C): the output being written was removed; the input "
+                   "is untouched", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    except HirnError as error:
+        raise click.ClickException(_message(error)) from error
+    except MemoryError as error:
+        raise click.ClickException(_out_of_memory(run_config, backend_config)) from error
+    except RuntimeError as error:
+        if type(error).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            raise
+        raise click.ClickException(_out_of_memory(run_config, backend_config)) from error
+
+
+def _resolve(config: BackendConfig) -> BackendConfig:
+    """The backend inferred from the weights given; precision checked against it."""
+    from dataclasses import replace
+
+    from hirn.runtime.weights import infer_backend
+
+    config = infer_backend(config)
+    if config.backend == "onnxruntime" and config.precision and config.onnx_dir:
+        from hirn.export.manifest import read_manifest
+
+        exported = read_manifest(config.onnx_dir).get("precision")
+        if exported != config.precision:
+            raise click.UsageError(
+                f"{config.onnx_dir} holds {exported} graphs, not {config.precision}: leave "
+                f"--precision out, or export {config.precision} graphs (hirn-export onnx "
+                f"--precision {config.precision})")
+    return replace(config, precision=config.precision or "fp32")
+
+
+def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -> None:
+    """One input, or a batch folder shared out among torchrun's processes."""
+    from dataclasses import replace
+
+    from hirn.runtime.batch import BatchError, Shard, is_batch, run_batch
+    from hirn.runtime.pipeline import upscale_file
+    from hirn.runtime.progress import info
+
+    shard = Shard.from_env()
+    if backend.device == "cuda" and shard.world_size > 1:
+        backend = replace(backend, device=f"cuda:{shard.local_rank}")
+    runner = None
+
+    def get_runner():
+        nonlocal runner
+        if runner is None:
+            from hirn.runtime.weights import build_runner
+
+            runner = build_runner(backend)
+            info(f"{shard.label}{runner.describe()}; windows of {config.window} frames + "
+                 f"{config.overlap} on each side", config.quiet)
+        return runner
+
+    def upscale_one(video: Path, out: Path) -> None:
+        upscale_file(video, out, get_runner, config, batch_size=backend.batch_size,
+                     label=shard.label)
+
+    if input.is_dir() and is_batch(input):
+        report = run_batch(input, output, config.codec, config.overwrite, shard, upscale_one,
+                           say=lambda text: info(text, config.quiet))
+        click.echo(report.line(shard))
+        if report.failed:
+            listing = "\n  ".join(f"{video.name}: {why}" for video, why in report.failed)
+            raise BatchError(f"{len(report.failed)} videos failed:\n  {listing}")
+        return
+    if shard.rank > 0:
+        info(f"{shard.label}a single input is upscaled by the first process only",
+             config.quiet)
+        return
+    upscale_one(input, output)
+
+
+def _message(error: BaseException) -> str:
+    """The error's text, with a hint where the cause was a file-size limit."""
+    text = str(error)
+    cause = error.__cause__
+    if isinstance(cause, OSError) and cause.errno == errno.EFBIG:
+        text += (" (the file-size limit of this process or file system was reached: write to "
+                 "another disk, or raise the limit, e.g. ulimit -f unlimited)")
+    return text
+
+
+def _out_of_memory(config: RunConfig, backend: BackendConfig) -> str:
+    return (f"out of memory while upscaling (windows of {config.window} + 2 x "
+            f"{config.overlap} frames on {backend.device}): lower --window or --overlap, or "
+            f"--batch-size (now {backend.batch_size}); no output was written")
+
+
+if __name__ == "__main__":  # python -m hirn.runtime.cli (e.g. under torchrun)
+    main()

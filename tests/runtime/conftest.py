@@ -128,3 +128,45 @@ def calendar_mp4(tmp_path_factory, calendar_frames) -> Path:
     seconds = len(calendar_frames) / CLIP_FPS
     return write_video(path, calendar_frames, options={"crf": "18"},
                        audio=("aac", TONE_RATE, tone(seconds)))
+
+
+# Small media and a small model for the hirn-run tests: on a shared 2-core CPU the tiny model
+# takes about a second per 64x64 frame, so these clips stay a few frames at 80x64.
+SMALL_CLIP = (80, 64, 4)  # width, height, frames: valid model input as they are (even, >= 64)
+TINY_MODEL = {"mid_channels": 16, "num_blocks": 1}
+
+
+@pytest.fixture(scope="session")
+def calendar_small_mp4(tmp_path_factory, calendar_frames) -> Path:
+    """An MP4 of the first 4 calendar frames cropped to 80x64, H.264 (CRF 18) at 25 fps,
+    with a stereo AAC tone as long as the video (0.16 s)."""
+    width, height, count = SMALL_CLIP
+    frames = [np.ascontiguousarray(f[40:40 + height, 48:48 + width]) for f in
+              calendar_frames[:count]]
+    path = tmp_path_factory.mktemp("calendar_small") / "calendar_small.mp4"
+    return write_video(path, frames, options={"crf": "18"},
+                       audio=("aac", TONE_RATE, tone(count / CLIP_FPS)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A HiRN(mid_channels=16, num_blocks=1) checkpoint with seeded random weights."""
+    import torch
+
+    from hirn.train import HiRN, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pth"
+    return save_checkpoint(path, HiRN(**TINY_MODEL))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (a loaded 2-core machine runs it fastest), restored
+    afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,153 @@
+"""Folders: an image sequence (one input) or a batch of videos, shared out under torchrun.
+
+A folder that holds images is one input, a frame sequence; a folder that holds video files
+(by their extension) is a batch: every video is upscaled into OUTDIR under the same name, in
+the chosen codec's container. An existing output is complete (sinks write to a temporary and
+rename it at the end), so it is skipped: an interrupted batch resumes where it stopped.
+
+Under ``torchrun --nproc-per-node N`` (environment ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)
+each process takes the files ``i % WORLD_SIZE == RANK`` of the sorted list, and GPU
+``LOCAL_RANK`` with ``--device cuda``; the processes never talk to each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hirn.runtime.video_reader import IMAGE_SUFFIXES, natural_key
+from hirn.runtime.video_writer import VIDEO_FORMATS
+from hirn.train.errors import HirnError
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts",
+                  ".m2ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m", ".mxf", ".vob")
+
+
+class BatchError(HirnError):
+    """A batch folder that cannot be processed as asked, or files of it that failed."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a batch: files ``i % world_size == rank``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """The share torchrun gives this process (one process when not under torchrun)."""
+        try:
+            rank = int(os.environ.get("RANK", 0))
+            world = int(os.environ.get("WORLD_SIZE", 1))
+            local = int(os.environ.get("LOCAL_RANK", rank))
+        except ValueError as error:
+            raise BatchError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({error})"
+                             ) from error
+        if world < 1 or not 0 <= rank < world:
+            raise BatchError(f"RANK={rank} does not fit WORLD_SIZE={world}")
+        return cls(rank, world, local)
+
+    def takes(self, index: int) -> bool:
+        return index % self.world_size == self.rank
+
+    @property
+    def label(self) -> str:
+        return f"[{self.rank + 1}/{self.world_size}] " if self.world_size > 1 else ""
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in suffixes), key=lambda p: natural_key(p.name))
+
+
+def is_batch(folder: Path) -> bool:
+    """Whether a folder is a batch of videos (True) or one image sequence (False)."""
+    images, videos = _files(folder, IMAGE_SUFFIXES), _files(folder, VIDEO_SUFFIXES)
+    if images and videos:
+        raise BatchError(f"{folder} holds both images ({images[0].name}, ...) and videos "
+                         f"({videos[0].name}, ...): put a frame sequence and videos in "
+                         f"separate folders")
+    if not images and not videos:
+        raise BatchError(f"{folder} holds neither images nor videos (looked for "
+                         f"{', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+    return bool(videos)
+
+
+def output_name(video: Path, codec: str | None) -> str:
+    """The output's name: the input's name in the codec's container (a folder for png)."""
+    if codec == "png":
+        return video.stem
+    if codec == "ffv1":
+        return video.stem + ".mkv"
+    suffix = video.suffix.lower()
+    return video.stem + (suffix if suffix in VIDEO_FORMATS else ".mp4")
+
+
+def plan_batch(folder: Path, outdir: Path, codec: str | None) -> list[tuple[Path, Path]]:
+    """(input, output) pairs of a batch folder, sorted by name; the same on every process."""
+    if outdir.exists() and not outdir.is_dir():
+        raise BatchError(f"{outdir} is a file: a batch writes into a folder (-o OUTDIR)")
+    if outdir.exists() and os.path.samefile(outdir, folder):
+        raise BatchError(f"the output folder {outdir} is the input folder: choose another "
+                         f"(the inputs are never overwritten)")
+    pairs = [(video, outdir / output_name(video, codec))
+             for video in _files(folder, VIDEO_SUFFIXES)]
+    seen: dict[Path, Path] = {}
+    for video, output in pairs:
+        if output in seen:
+            raise BatchError(f"{seen[output].name} and {video.name} would both be written to "
+                             f"{output}: rename one of them")
+        seen[output] = video
+    return pairs
+
+
+def is_complete(output: Path) -> bool:
+    """An output that exists is complete (written to a temporary, then renamed)."""
+    return output.is_file() or (output.is_dir() and any(output.iterdir()))
+
+
+@dataclass
+class BatchReport:
+    done: list[Path]
+    skipped: list[Path]
+    failed: list[tuple[Path, str]]
+
+    def line(self, shard: Shard) -> str:
+        return (f"{shard.label}batch: {len(self.done)} upscaled, {len(self.skipped)} skipped "
+                f"(already complete), {len(self.failed)} failed")
+
+
+def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, shard: Shard,
+              upscale_one: Callable[[Path, Path], None],
+              say: Callable[[str], None]) -> BatchReport:
+    """Upscale this process's share of ``folder`` with ``upscale_one(input, output)``.
+
+    A file that fails (a damaged video, say) is reported and the batch goes on; Ctrl-C stops
+    it (outputs finished so far are kept, the one being written is dropped).
+    """
+    pairs = plan_batch(folder, outdir, codec)
+    mine = [pair for index, pair in enumerate(pairs) if shard.takes(index)]
+    report = BatchReport([], [], [])
+    todo = []
+    for video, output in mine:
+        if is_complete(output) and not overwrite:
+            report.skipped.append(video)
+        else:
+            todo.append((video, output))
+    say(f"{shard.label}{folder}: {len(pairs)} videos, {len(mine)} for this process, "
+        f"{len(report.skipped)} already done")
+    if todo:
+        outdir.mkdir(parents=True, exist_ok=True)
+    for video, output in todo:
+        try:
+            upscale_one(video, output)
+        except HirnError as error:
+            report.failed.append((video, str(error)))
+            say(f"{shard.label}failed: {video.name}: {error}")
+            continue
+        report.done.append(video)
+    return report

@@ -1,0 +1,253 @@
+"""Upscale one video (or image folder) into one output, streaming, in windows.
+
+Three stages overlap: a thread decodes frames ahead of the model (a bounded queue), the main
+thread runs the model on one window at a time (:mod:`hirn.runtime.windows`), and a thread
+encodes finished frames as soon as they come (a bounded queue). PyAV and the model release
+the GIL while they work, so decoding and encoding hide behind the model. Memory holds one
+window's features plus a window of frames in each queue, whatever the video length.
+
+Example::
+
+    source = open_source("clip.mp4")
+    with open_output(source, "clip_x4.mp4", RunConfig()) as sink:
+        stats = upscale(source, sink, runner, RunConfig())
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import click
+import numpy as np
+
+from hirn.runtime.backends import Runner
+from hirn.runtime.driver import upscale_clip
+from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_uint8
+from hirn.runtime.progress import info, note, progress_bar, summary
+from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
+from hirn.runtime.windows import check_window, iter_windows
+
+# Chosen from benchmarks/windowing.py (see benchmarks/results/windowing.md): the dB lost
+# against whole-clip processing on Vid4 and the memory a window costs.
+DEFAULT_WINDOW = 24
+DEFAULT_OVERLAP = 4
+_POLL = 0.1  # seconds between checks of the other thread while waiting on a queue
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How ``hirn-run`` reads, windows and writes; its options map onto these fields."""
+
+    window: int = DEFAULT_WINDOW    # frames written per window (its core)
+    overlap: int = DEFAULT_OVERLAP  # frames read on each side of a core, as context
+    codec: str | None = None        # h264 | h265 | ffv1 | png (None: from the output name)
+    crf: int | None = None          # h264 / h265 quality, 0-51, lower is better (None: 18)
+    fps: float | None = None        # frame rate of an image-folder input (None: 25)
+    overwrite: bool = False         # replace an existing output
+    quiet: bool = False             # no progress bar and no information lines
+
+    def __post_init__(self):
+        check_window(self.window, self.overlap)
+
+
+@dataclass
+class RunStats:
+    """What one run did: frames written, seconds (wall, and inside the model)."""
+
+    frames: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    windows: int = 0
+
+
+def open_output(source: FrameSource, output: str | os.PathLike, config: RunConfig) -> FrameSink:
+    """The sink for the x4 frames of ``source``: its rate, timestamps, audio and pixel
+    aspect carried over; refuses to overwrite the input, or an output without overwrite."""
+    return open_sink(output, width=SCALE * source.width, height=SCALE * source.height,
+                     fps=source.fps, time_base=source.time_base, codec=config.codec,
+                     crf=config.crf, audio_from=source, input_path=source.path,
+                     sample_aspect_ratio=source.sample_aspect_ratio,
+                     overwrite=config.overwrite)
+
+
+def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
+                 get_runner: Callable[[], Runner], config: RunConfig, *, batch_size: int = 4,
+                 label: str = "") -> RunStats:
+    """Upscale one file or image folder into ``output``, with notes, a progress bar and a
+    summary line; the runner is asked for only once the input and output are known good."""
+    source = open_source(input, fps=config.fps)
+    info(label + describe_input(source), config.quiet)
+    for text in source.notes:
+        note(text)
+    shown = set(source.notes)
+    with open_output(source, output, config) as sink:
+        runner = get_runner()
+        with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
+            stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar)
+    for text in source.notes + sink.notes:
+        if text not in shown:
+            note(text)
+    click.echo(label + summary(stats.frames, stats.seconds, output))
+    return stats
+
+
+def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,
+            batch_size: int = 4, progress: Callable[[int], None] | None = None,
+            on_frame: Callable[[np.ndarray], None] | None = None) -> RunStats:
+    """Upscale every frame of ``source`` into ``sink`` (which the caller closes or aborts).
+
+    Args:
+        batch_size: frames per call of the batchable graphs.
+        progress: called with the number of frames just encoded (from the encoder thread).
+        on_frame: called with each output frame ``[4H, 4W, 3]`` uint8 before it is encoded.
+    """
+    stats = RunStats()
+    began = time.perf_counter()
+    height, width = source.height, source.width
+    ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
+    with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
+        for window, items in iter_windows(frames, config.window, config.overlap):
+            images = np.stack([image for image, _ in items])
+            clock = time.perf_counter()
+            hr = upscale_clip(runner, pad_frames(to_float(images)), batch_size)
+            stats.model_seconds += time.perf_counter() - clock
+            kept = to_uint8(crop_output(hr[window.keep], height, width))
+            del hr
+            for image, (_, pts) in zip(kept, items[window.keep]):
+                if on_frame is not None:
+                    on_frame(image)
+                writer.put(image, pts)
+            stats.windows += 1
+        writer.finish()
+    stats.frames = sink.frames_written
+    stats.seconds = time.perf_counter() - began
+    return stats
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_END = object()
+
+
+class _Reader:
+    """Iterates a source in a background thread, up to ``ahead`` frames in advance."""
+
+    def __init__(self, source: FrameSource, ahead: int):
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="hirn-decode", daemon=True)
+
+    def __enter__(self) -> Iterator:
+        self._thread.start()
+        return self._frames()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _frames(self) -> Iterator:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def _work(self) -> None:
+        try:
+            for frame in self._source:
+                if not self._put(frame):
+                    return
+            self._put(_END)
+        except BaseException as error:  # handed to the main thread, which raises it
+            self._put(_Failure(error))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+
+class _Writer:
+    """Encodes frames in a background thread; ``put`` raises the encoder's error, if any."""
+
+    def __init__(self, sink: FrameSink, size: int, progress: Callable[[int], None] | None):
+        self._sink, self._progress = sink, progress
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._work, name="hirn-encode", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self._thread.is_alive():  # an error or Ctrl-C in the main thread: drop the rest
+            self._cancelled = True
+            while True:  # make room for the end mark (only this thread puts)
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queue.put(_END)
+            self._thread.join()
+
+    def put(self, image: np.ndarray, pts: int) -> None:
+        """Queue one frame for encoding (waits while the queue is full)."""
+        self._send((image, pts))
+
+    def finish(self) -> None:
+        """Wait until every frame is encoded; raise the encoder's error, if any."""
+        self._send(_END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _send(self, item) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                pass
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _END or self._cancelled:
+                return
+            try:
+                self._sink.write(*item)
+            except BaseException as error:  # raised again in the main thread
+                self._error = error
+                return
+            if self._progress is not None:
+                self._progress(1)
+
+
+def describe_input(source: FrameSource) -> str:
+    """One line about an input: size, frames, rate, audio."""
+    count = "unknown number of" if source.frame_count is None else f"{source.frame_count}"
+    rate = float(Fraction(source.fps))
+    audio = ", with audio" if source.has_audio else ""
+    return (f"{Path(source.path).name}: {source.width}x{source.height}, {count} frames at "
+            f"{rate:.3g} frames/s{audio}")

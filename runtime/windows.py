@@ -1,0 +1,94 @@
+"""Long videos in windows, so that memory is bounded by the window, not the video length.
+
+A window keeps (writes) ``window`` consecutive frames, its core, and reads ``overlap`` more
+frames on each side as context for the recurrence (fewer at the ends of the video). Cores
+tile the video, so every frame is written once, with at least ``overlap`` frames of context on
+each side inside its window (unless the video ends first). With ``overlap < window``, that is
+the window where it sits deepest: in a neighbouring window it has fewer.
+
+The last window also takes the frames that would be left for a short final core (up to
+``overlap`` of them): a window never reads more than ``window + 2 * overlap`` frames, and no
+core is shorter than necessary. Windows are cut as frames arrive, without knowing the length
+of the video in advance (one frame is read ahead to see where it ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames ``[start, stop)`` are read; frames ``[keep_start, keep_stop)`` are written."""
+
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def keep(self) -> slice:
+        """The written frames, as a slice of the window's own frames."""
+        return slice(self.keep_start - self.start, self.keep_stop - self.start)
+
+
+def check_window(window: int, overlap: int) -> None:
+    """Raise ValueError for a window shorter than 1 frame or a negative overlap."""
+    if window < 1:
+        raise ValueError(f"the window must hold at least 1 frame, got {window}")
+    if overlap < 0:
+        raise ValueError(f"the overlap cannot be negative, got {overlap}")
+
+
+def iter_windows(frames: Iterable[T], window: int, overlap: int
+                 ) -> Iterator[tuple[Window, list[T]]]:
+    """Cut a stream of frames into windows, reading each frame once, as late as possible.
+
+    Yields ``(Window, frames of the window)``; at most ``window + 2 * overlap + 1`` frames
+    are held at any time.
+    """
+    check_window(window, overlap)
+    stream = iter(frames)
+    held: list[T] = []  # frames from index `first` on
+    first = 0
+    core = 0
+    ended = False
+    while True:
+        start = max(0, core - overlap)
+        del held[: start - first]
+        first = start
+        # a full window reads up to core + window + overlap; one frame more tells whether
+        # the video ends there (then this window is the last and keeps everything)
+        wanted = core + window + overlap + 1
+        while not ended and first + len(held) < wanted:
+            item = next(stream, _END)
+            if item is _END:
+                ended = True
+            else:
+                held.append(item)
+        total = first + len(held)  # frames seen so far
+        if core >= total:
+            return  # an empty video
+        last = ended and total <= core + window + overlap
+        keep_stop = total if last else core + window
+        stop = total if last else core + window + overlap
+        yield Window(start, stop, core, keep_stop), held[: stop - first]
+        if last:
+            return
+        core = keep_stop
+
+
+def plan_windows(num_frames: int, window: int, overlap: int) -> list[Window]:
+    """The windows of a video of ``num_frames`` frames (as :func:`iter_windows` cuts them)."""
+    return [w for w, _ in iter_windows(range(num_frames), window, overlap)]
+
+
+_END = object()

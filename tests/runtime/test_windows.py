@@ -1,0 +1,205 @@
+"""Windows over long videos, and the streaming pipeline that runs them.
+
+The pipeline tests stand a cheap stand-in for the model (nearest-neighbour x4 that stamps
+each window's number into its frames) so that they can check, on real videos, which window
+wrote each frame, how many frames were held, and what happens on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hirn.runtime import pipeline
+from hirn.runtime.errors import DecodeError, SinkError
+from hirn.runtime.pipeline import RunConfig, open_output, upscale
+from hirn.runtime.video import open_source, read_frames
+from hirn.runtime.windows import Window, iter_windows, plan_windows
+
+CASES = [(n, w, o) for n in (1, 2, 5, 16, 23, 41) for w in (1, 3, 8, 24) for o in (0, 1, 4)]
+
+
+def depth(frame: int, window: Window, num_frames: int) -> float:
+    """Frames of context on the thinner side of ``frame`` in ``window`` (the ends of the
+    video do not count as a side)."""
+    before = frame - window.start if window.start > 0 else np.inf
+    after = window.stop - 1 - frame if window.stop < num_frames else np.inf
+    return min(before, after)
+
+
+@pytest.mark.parametrize("num_frames, window, overlap", CASES)
+def test_cores_tile_the_video_and_windows_stay_bounded(num_frames, window, overlap):
+    windows = plan_windows(num_frames, window, overlap)
+    kept = [f for w in windows for f in range(w.keep_start, w.keep_stop)]
+    assert kept == list(range(num_frames))  # every frame written once, in order
+    for w in windows:
+        assert w.size <= window + 2 * overlap
+        assert w.start == max(0, w.keep_start - overlap)
+        assert w.stop == min(num_frames, w.keep_stop + overlap) or w is windows[-1]
+        assert w.keep_stop - w.keep_start <= window + overlap
+    assert windows[-1].stop == num_frames
+
+
+@pytest.mark.parametrize("num_frames, window, overlap", CASES)
+def test_each_frame_comes_from_the_window_where_it_sits_deepest(num_frames, window, overlap):
+    windows = plan_windows(num_frames, window, overlap)
+    for frame in range(num_frames):
+        holding = [w for w in windows if w.start <= frame < w.stop]
+        writer = next(w for w in windows if w.keep_start <= frame < w.keep_stop)
+        assert depth(frame, writer, num_frames) >= overlap
+        if overlap < window:  # else windows near the start all begin at frame 0
+            assert depth(frame, writer, num_frames) >= max(depth(frame, w, num_frames)
+                                                           for w in holding)
+
+
+def test_a_clip_that_fits_is_one_window():
+    assert plan_windows(28, 24, 4) == [Window(0, 28, 0, 28)]
+    assert plan_windows(29, 24, 4) == [Window(0, 28, 0, 24), Window(20, 29, 24, 29)]
+    assert plan_windows(0, 24, 4) == []
+
+
+def test_windows_read_frames_as_late_as_possible():
+    pulled = []
+
+    def frames():
+        for index in range(50):
+            pulled.append(index)
+            yield index
+
+    for window, items in iter_windows(frames(), 6, 2):
+        assert items == list(range(window.start, window.stop))
+        assert len(pulled) <= window.stop + 1  # one frame of look-ahead
+
+
+@pytest.mark.parametrize("window, overlap", [(0, 0), (3, -1)])
+def test_bad_window_settings(window, overlap):
+    with pytest.raises(ValueError):
+        plan_windows(10, window, overlap)
+    with pytest.raises(ValueError):
+        RunConfig(window=window, overlap=overlap)
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming pipeline, with a stand-in model
+
+
+class StampingModel:
+    """Stands in for ``upscale_clip``: nearest x4 with the window's number stamped in the
+    top-left 4x4 pixels; records what it was given."""
+
+    def __init__(self, source_reads: list | None = None, fail_at: int | None = None,
+                 error: BaseException | None = None):
+        self.calls: list[tuple[int, ...]] = []
+        self.reads_at_call: list[int] = []
+        self.source_reads = source_reads
+        self.fail_at, self.error = fail_at, error
+
+    def __call__(self, runner, frames: np.ndarray, batch_size: int = 4) -> np.ndarray:
+        if self.error is not None and len(self.calls) == self.fail_at:
+            raise self.error
+        self.calls.append(frames.shape)
+        if self.source_reads is not None:
+            self.reads_at_call.append(len(self.source_reads))
+        hr = frames.repeat(4, axis=2).repeat(4, axis=3)
+        hr[:, :, :4, :4] = len(self.calls) / 255.0
+        return hr
+
+
+class CountingSource:
+    """A source wrapper that counts the frames taken from it."""
+
+    def __init__(self, source):
+        self._source, self.reads = source, []
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def __iter__(self):
+        for frame in self._source:
+            self.reads.append(frame.pts)
+            yield frame
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.fixture
+def clip(tmp_path, media):
+    """23 lossless frames of 60x46 (odd-free but below 64: padded), 25 fps."""
+    frames = media.synthetic_frames(23, width=60, height=46)
+    return media.write_video(tmp_path / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+
+
+def test_frames_come_from_their_windows_in_order_with_their_timestamps(clip, tmp_path,
+                                                                        monkeypatch):
+    real = open_source(clip)
+    source = CountingSource(real)
+    model = StampingModel(source.reads)
+    monkeypatch.setattr(pipeline, "upscale_clip", model)
+    config = RunConfig(window=5, overlap=2, codec="ffv1")
+    with open_output(real, tmp_path / "out.mkv", config) as sink:
+        stats = upscale(source, sink, None, config)
+    windows = plan_windows(23, 5, 2)
+    assert stats.frames == 23 and stats.windows == len(windows) == model.calls.__len__()
+    # the model saw each window whole, padded to 64x64 (60x46 is below the minimum)
+    assert [shape[0] for shape in model.calls] == [w.size for w in windows]
+    assert all(shape[2:] == (64, 64) for shape in model.calls)
+    # streaming: when a window runs, at most the next window's frames were decoded ahead
+    for window, reads in zip(windows, model.reads_at_call):
+        assert reads <= window.stop + 5 + 2 + 3
+    out = open_source(tmp_path / "out.mkv")
+    lr = read_frames(clip)
+    assert (out.width, out.height) == (240, 184)
+    for index, (image, pts) in enumerate(out):
+        writer = next(k for k, w in enumerate(windows) if w.keep_start <= index < w.keep_stop)
+        assert (image[:4, :4] == writer + 1).all()  # written by the window that keeps it
+        expected = lr[index].repeat(4, axis=0).repeat(4, axis=1)
+        assert np.array_equal(image[4:, 4:], expected[4:, 4:])
+        assert pts == [p for _, p in open_source(clip)][index]
+
+
+def test_any_size_is_padded_for_the_model_and_cropped_back(tmp_path, media, monkeypatch):
+    model = StampingModel()
+    monkeypatch.setattr(pipeline, "upscale_clip", model)
+    frames = media.synthetic_frames(2, width=240, height=135)
+    path = media.write_video(tmp_path / "in.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+    source = open_source(path)
+    config = RunConfig()
+    with open_output(source, tmp_path / "out", config) as sink:
+        upscale(source, sink, None, config)
+    assert model.calls == [(2, 3, 136, 240)]
+    out = read_frames(tmp_path / "out")
+    assert out.shape == (2, 540, 960, 3)
+    assert np.array_equal(out[:, 4:, 4:], read_frames(path).repeat(4, 1).repeat(4, 2)[:, 4:, 4:])
+
+
+@pytest.mark.parametrize("failure", ["decode", "encode", "model", "ctrl-c"])
+def test_failures_stop_every_stage_and_leave_no_output(clip, tmp_path, monkeypatch, failure):
+    error = {"model": RuntimeError("model failed"), "ctrl-c": KeyboardInterrupt()}.get(failure)
+    monkeypatch.setattr(pipeline, "upscale_clip", StampingModel(fail_at=2, error=error))
+    source = open_source(clip)
+    expected = {"model": RuntimeError, "ctrl-c": KeyboardInterrupt, "decode": DecodeError,
+                "encode": SinkError}[failure]
+    if failure == "decode":
+        data = clip.read_bytes()
+        clip.write_bytes(data[: len(data) // 2])
+    config = RunConfig(window=3, overlap=1, codec="ffv1")
+    with pytest.raises(expected):
+        with open_output(source, tmp_path / "out.mkv", config) as sink:
+            if failure == "encode":
+                write = sink.write
+
+                def failing_write(image, pts):
+                    if sink.frames_written == 4:
+                        raise SinkError("disk full (simulated)")
+                    write(image, pts)
+
+                sink.write = failing_write
+            upscale(source, sink, None, config)
+    assert leftovers(tmp_path, {"clip.mkv"}) == []
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("hirn-")]
+    assert alive == []
