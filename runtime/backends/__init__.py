@@ -16,8 +16,9 @@ def create_runner(config: BackendConfig) -> Runner:
 
         return OnnxRuntimeRunner.from_config(config)
     if config.backend == "tensorrt":
-        raise BackendError("the tensorrt backend is not built yet; use --backend onnxruntime "
-                           "or --backend torch")
+        from .tensorrt_backend import TensorRTRunner
+
+        return TensorRTRunner.from_config(config)
     raise BackendError(f"unknown backend {config.backend!r}; choose from {BACKENDS}")
 
 
