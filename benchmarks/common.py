@@ -55,12 +55,12 @@ def write_results(name: str, payload: dict, markdown: str) -> Path:
 
 
 def plot_lines(path: Path, series: dict[str, tuple[list, list]], title: str, xlabel: str,
-               ylabel: str, size: tuple[int, int] = (900, 520)) -> Path:
+               ylabel: str, size: tuple[int, int] = (1000, 520)) -> Path:
     """A small line chart as PNG, drawn with OpenCV (no plotting library needed)."""
     import cv2
 
     width, height = size
-    left, right, top, bottom = 80, 200, 40, 60
+    left, right, top, bottom = 80, 300, 40, 60
     img = np.full((height, width, 3), 255, np.uint8)
     xs = [x for xs_, _ in series.values() for x in xs_]
     ys = [y for _, ys_ in series.values() for y in ys_ if np.isfinite(y)]
