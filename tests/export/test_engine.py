@@ -5,6 +5,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ from hirn.export.engine_cache import (
     write_engines_manifest,
 )
 from hirn.export.graphs import graph_specs
+from hirn.export.manifest import sha256_of
 from hirn.export.onnx_export import ExportOptions, _describe, export_onnx
 from hirn.train import HiRN
 
@@ -339,6 +342,131 @@ def test_compare_input_generation_and_pairing(small_folders):
     engines = {"graphs": {"compose": {"onnx_sha256": "0" * 64}}}
     with pytest.raises(EngineBuildError, match="was not built from this ONNX folder"):
         check_pairing(manifest, engines)
+
+
+def _stand_in_tensorrt(calls: list) -> types.ModuleType:
+    """A stand-in for the ``tensorrt`` module recording the calls build_engines makes. It
+    checks this module's wiring (order, arguments, cache, files), not TensorRT itself."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = TRT_VERSION
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+    trt.BuilderFlag = types.SimpleNamespace(TF32=6)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
+    trt.init_libnvinfer_plugins = lambda logger, namespace: calls.append(("init_plugins",))
+    registry = types.SimpleNamespace(
+        load_library=lambda path: calls.append(("load_library", Path(path).name)) or "handle")
+    trt.get_plugin_registry = lambda: registry
+
+    class Config:
+        def clear_flag(self, flag):
+            calls.append(("clear_flag", flag))
+
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("workspace", size))
+
+        def add_optimization_profile(self, profile):
+            calls.append(("profile", profile.shapes))
+
+        def create_timing_cache(self, data):
+            calls.append(("timing_cache_in", bytes(data)))
+            return types.SimpleNamespace(data=bytes(data),
+                                         serialize=lambda: bytes(data) + b"+")
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, low, opt, high):
+            self.shapes[name] = (low, opt, high)
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse_from_file(self, path):
+            self.network.graph = Path(path).stem
+            return True
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls.append(("network", flags))
+            return types.SimpleNamespace()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            calls.append(("build", network.graph))
+            return f"engine of {network.graph}".encode()
+
+    trt.Builder, trt.OnnxParser = Builder, Parser
+    return trt
+
+
+def test_build_engines_wiring_with_a_stand_in_for_tensorrt(small_folders, tmp_path,
+                                                           monkeypatch):
+    """build_engines run on the CPU against a recording stand-in for TensorRT: the calls it
+    makes, the engine cache (skip, rebuild, stale files), the timing cache and the plugin."""
+    from hirn.export import engine as engine_module
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _stand_in_tensorrt(calls))
+    monkeypatch.setattr(engine_module, "current_gpu", lambda: GPU)
+    monkeypatch.setattr(engine_module, "_LOADED_PLUGINS", {})
+    options = EngineOptions((64, 64), (64, 96), (128, 128), max_batch=2, workspace_mib=256)
+    out = tmp_path / "engines"
+    manifest = build_engines(small_folders["onnx"], out, options)
+    assert [c for c in calls if c[0] == "build"] == [("build", g) for g in SMALL]
+    assert ("network", 1) in calls and ("clear_flag", 6) in calls
+    assert ("workspace", 256 << 20) in calls
+    profiles = [c[1] for c in calls if c[0] == "profile"]
+    assert profiles[0] == {"flow_a": ((1, 2, 64, 64), (2, 2, 64, 96), (2, 2, 128, 128)),
+                           "flow_b": ((1, 2, 64, 64), (2, 2, 64, 96), (2, 2, 128, 128))}
+    assert profiles[1]["current"] == ((1, 16, 64, 64), (1, 16, 64, 96), (1, 16, 128, 128))
+    # One timing cache shared by the graphs: the second build starts from the first's.
+    assert [c[1] for c in calls if c[0] == "timing_cache_in"] == [b"", b"+"]
+    assert (out / "timing.cache").read_bytes() == b"++"
+    assert verify_engine_folder(out) == manifest and manifest["tensorrt"] == TRT_VERSION
+    assert (out / manifest["graphs"]["compose"]["file"]).read_bytes() == b"engine of compose"
+
+    calls.clear()
+    assert build_engines(small_folders["onnx"], out, options) == manifest
+    assert not [c for c in calls if c[0] == "build"]  # nothing changed: nothing built
+
+    calls.clear()
+    wider = build_engines(small_folders["onnx"], out,
+                          dataclasses.replace(options, max_size=(128, 192)))
+    assert [c[1] for c in calls if c[0] == "build"] == SMALL
+    assert sorted(p.name for p in out.glob("*.engine")) == sorted(
+        g["file"] for g in wider["graphs"].values())  # the old engines are gone
+
+    calls.clear()
+    library = tmp_path / "libhirn_plugins.so"
+    library.write_bytes(b"\x7fELF plugin")
+    plugin = build_engines(small_folders["plugin"], tmp_path / "plugin_engines",
+                           dataclasses.replace(options, plugin_lib=library))
+    assert plugin["plugin_library"]["sha256"] == sha256_of(library)
+    assert (tmp_path / "plugin_engines" / "libhirn_plugins.so").read_bytes() == \
+        library.read_bytes()
+    assert calls.count(("load_library", "libhirn_plugins.so")) == 1
+    assert {g["key"] for g in plugin["graphs"].values()}.isdisjoint(
+        g["key"] for g in manifest["graphs"].values())
 
 
 # ---- needs TensorRT and a GPU ---------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""The tensorrt backend: folder checks and clear errors on the CPU; clips on a GPU (trt mark)."""
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support import psnr
+
+from hirn.export.engine import (
+    EngineOptions,
+    build_engines,
+    engine_entry,
+    engines_manifest,
+    plan_graphs,
+    resolve_options,
+)
+from hirn.export.engine_cache import EngineFolderError, ProfileError, write_engines_manifest
+from hirn.export.graphs import graph_specs
+from hirn.export.onnx_export import ExportOptions, _describe, export_onnx
+from hirn.runtime.backends import BackendConfig, BackendError, create_runner
+from hirn.runtime.backends.tensorrt_backend import TensorRTRunner, check_engine_folder
+from hirn.runtime.driver import upscale_clip
+from hirn.train import HiRN
+
+TRT_FP32_CLIP_ATOL = 1e-3     # FP32 engines (no TF32) vs ONNX Runtime FP32, whole clip
+TRT_FP16_MIN_PSNR_DB = 40.0   # FP16 engines vs ONNX Runtime FP32, peak = reference range
+CUDA_GRAPH_ATOL = 1e-6        # replayed CUDA graphs vs plain execution of the same engines
+GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+OPTIONS = EngineOptions((64, 64), (64, 64), (96, 128), max_batch=2)
+
+
+def _fake_engine_folder(folder: Path, graphs: list[str] | None = None) -> Path:
+    """An engine folder as hirn-export engine writes it, with made-up engines (CPU tests)."""
+    entries = {}
+    for spec in graph_specs(16):
+        if graphs is None or spec.name in graphs:
+            entry = _describe(spec, "fp16")
+            entry.update(sha256=hashlib.sha256(spec.name.encode()).hexdigest(), bytes=1)
+            entries[spec.name] = entry
+    onnx_manifest = {"model": {"mid_channels": 16, "min_size": 64, "size_multiple": 2},
+                     "precision": "fp16", "dcn": "onnx", "opset": 19, "checkpoint": None,
+                     "graphs": entries}
+    options = resolve_options(OPTIONS, onnx_manifest)
+    folder.mkdir(parents=True)
+    done = {}
+    for name, planned in plan_graphs(onnx_manifest, options, "10.13.0", GPU, None).items():
+        (folder / planned["file"]).write_bytes(b"not an engine " + name.encode())
+        done[name] = engine_entry(entries[name], planned, folder, 0)
+    write_engines_manifest(folder, engines_manifest(folder, onnx_manifest, options, "10.13.0",
+                                                    GPU, None, done))
+    return folder
+
+
+def test_factory_needs_an_engine_folder(tmp_path):
+    with pytest.raises(BackendError, match="needs --engines DIR"):
+        create_runner(BackendConfig(backend="tensorrt"))
+    with pytest.raises(EngineFolderError, match="engine folder not found"):
+        create_runner(BackendConfig(backend="tensorrt", engines_dir=tmp_path / "none"))
+
+
+def test_engine_folder_checks(tmp_path):
+    folder = _fake_engine_folder(tmp_path / "all")
+    manifest = check_engine_folder(folder, batch_size=2)
+    assert len(manifest["graphs"]) == 10 and manifest["profile"]["max_batch"] == 2
+    with pytest.raises(BackendError, match="exceeds the engines' --max-batch 2"):
+        create_runner(BackendConfig(backend="tensorrt", engines_dir=folder, batch_size=4))
+    partial = _fake_engine_folder(tmp_path / "partial", ["encode", "flow"])
+    with pytest.raises(EngineFolderError, match="lacks the engines"):
+        check_engine_folder(partial)
+    engine = next(folder.glob("decode-*.engine"))
+    engine.write_bytes(b"changed")
+    with pytest.raises(EngineFolderError, match="truncated or replaced"):
+        check_engine_folder(folder)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                    reason="checks the message shown where TensorRT is absent")
+def test_without_tensorrt_the_error_says_what_to_install(tmp_path):
+    folder = _fake_engine_folder(tmp_path / "engines")
+    with pytest.raises(BackendError, match="needs TensorRT: pip install tensorrt"):
+        create_runner(BackendConfig(backend="tensorrt", engines_dir=folder, batch_size=2))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_without_cuda_the_error_says_so(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    folder = _fake_engine_folder(tmp_path / "engines")
+    with pytest.raises(BackendError, match="needs a CUDA GPU"):
+        TensorRTRunner(folder)
+
+
+# ---- needs TensorRT and a GPU ---------------------------------------------------------------
+
+def _clip(frames=3, height=64, width=96, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).random((frames, 3, height, width), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def fp32_folders(tmp_path_factory):
+    """A small model's FP32 DeformConv graphs and their engines (TensorRT's own DCN)."""
+    root = tmp_path_factory.mktemp("trt")
+    torch.manual_seed(0)
+    export_onnx(None, root / "onnx", ExportOptions(dcn="onnx"),
+                model=HiRN(mid_channels=16, num_blocks=1))
+    build_engines(root / "onnx", root / "engines", OPTIONS)
+    return root
+
+
+@pytest.mark.trt
+def test_fp32_engines_match_onnxruntime_on_a_clip(fp32_folders):
+    from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
+
+    frames = _clip()
+    expected = upscale_clip(OnnxRuntimeRunner(fp32_folders / "onnx"), frames, batch_size=2)
+    runner = create_runner(BackendConfig(backend="tensorrt", engines_dir=fp32_folders / "engines",
+                                         device="cuda", batch_size=2))
+    out = upscale_clip(runner, frames, batch_size=2)
+    assert np.abs(out - expected).max() <= TRT_FP32_CLIP_ATOL
+    graphed = upscale_clip(TensorRTRunner(fp32_folders / "engines", cuda_graphs=True), frames,
+                           batch_size=2)
+    assert np.abs(graphed - out).max() <= CUDA_GRAPH_ATOL
+    with pytest.raises(ProfileError, match="outside the engines' profile"):
+        upscale_clip(runner, _clip(height=128, width=128), batch_size=2)
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not os.environ.get("HIRN_PLUGIN_LIB"),
+                    reason="set HIRN_PLUGIN_LIB to a built libhirn_plugins.so (plugins/README.md)")
+def test_fp16_plugin_engines_match_onnxruntime_fp32(tmp_path, fp32_folders):
+    from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
+
+    torch.manual_seed(0)
+    export_onnx(None, tmp_path / "onnx", ExportOptions(dcn="plugin", precision="fp16"),
+                model=HiRN(mid_channels=16, num_blocks=1))
+    options = dataclasses.replace(OPTIONS, plugin_lib=Path(os.environ["HIRN_PLUGIN_LIB"]))
+    manifest = build_engines(tmp_path / "onnx", tmp_path / "engines", options)
+    assert manifest["dcn"] == "plugin" and manifest["precision"] == "fp16"
+    frames = _clip()
+    expected = upscale_clip(OnnxRuntimeRunner(fp32_folders / "onnx"), frames, batch_size=2)
+    out = upscale_clip(TensorRTRunner(tmp_path / "engines", cuda_graphs=True), frames,
+                       batch_size=2)
+    assert psnr(out, expected, peak=float(expected.max() - expected.min())) >= \
+        TRT_FP16_MIN_PSNR_DB
