@@ -347,16 +347,20 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and check a YAML training configuration."""
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file as plain data (``1e-4`` read as a float); :class:`ConfigError` if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        return yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_config(raw, str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a YAML training configuration."""
+    return parse_config(read_yaml(path), str(path))
 
 
 def to_dict(cfg: Config) -> dict:

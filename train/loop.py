@@ -258,8 +258,6 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
             record.update({f"val_{k}": v for k, v in validate(model, val_clips, cfg, dev).items()})
         log.write(record)
 
-    # BasicSR steps the scheduler before the first optimiser step, on purpose.
-    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
     frozen = None
     net = model
     last = min(tr.total_iter, stop_after) if stop_after else tr.total_iter
@@ -275,7 +273,11 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
             # Changing which parameters need grads means a new DDP reducer.
             set_flow_trainable(model, not want_frozen)
             frozen, net = want_frozen, D.wrap(model, d, dev)
-        scheduler.step()
+        with warnings.catch_warnings():
+            # BasicSR steps the scheduler before the optimiser, on purpose: iteration k
+            # trains at lr(k), lr(0) being the initial lr.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_sch"))
+            scheduler.step()
         batch = next(batches)
         lq = batch["lq"].to(dev, non_blocking=True)
         gt = batch["gt"].to(dev, non_blocking=True)
@@ -308,14 +310,18 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
             bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lrs[0]:.3g}")
             window_loss, window_n, t_window = torch.zeros(()), 0, now
         if val_clips and it % cfg.val.val_freq == 0:
+            t_val = time.time()
             record = {"iter": it, **{f"val_{k}": v
                                      for k, v in validate(model, val_clips, cfg, dev).items()}}
             if ema is not None:
                 record.update({f"val_{k}_ema": v for k, v in
                                validate(ema.module, val_clips, cfg, dev).items()})
             log.write(record)
+            t_window += time.time() - t_val  # iter_time counts training only
         if it % cfg.logger.save_checkpoint_freq == 0 or it == last:
+            t_save = time.time()
             _save(work_dir, it, model, ema, optimizer, scheduler, scaler, d)
+            t_window += time.time() - t_save
     bar.close()
 
     if d.main and it == tr.total_iter:
