@@ -74,9 +74,17 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, folder: str | Path, device: str = "cuda", cuda_graphs: bool = False):
+    def __init__(self, folder: str | Path, device: str = "cuda", cuda_graphs: bool = False,
+                 batch_size: int | None = None):
+        """Args:
+            folder: a folder from ``hirn-export engine``.
+            device: the CUDA device the engines were built for ("cuda", "cuda:N").
+            cuda_graphs: replay the step engines from CUDA graphs.
+            batch_size: frames per batchable call the driver will send (checked against
+                the engines' ``--max-batch``).
+        """
         self.folder = Path(folder)
-        self.manifest = check_engine_folder(self.folder)
+        self.manifest = check_engine_folder(self.folder, batch_size)
         graphs = self.manifest["graphs"]
         super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
                          self.manifest["model"]["mid_channels"])
@@ -139,9 +147,9 @@ class TensorRTRunner(Runner):
         if config.engines_dir is None:
             raise BackendError("the tensorrt backend needs --engines DIR (make one with: "
                                "hirn-export engine ONNX_DIR -o DIR --min HxW --opt HxW --max HxW)")
-        check_engine_folder(Path(config.engines_dir), config.batch_size)
         device = "cuda" if config.device == "cpu" else config.device
-        return cls(config.engines_dir, device, getattr(config, "cuda_graphs", False))
+        return cls(config.engines_dir, device, getattr(config, "cuda_graphs", False),
+                   config.batch_size)
 
     def _run_impl(self, graph: str, inputs: Sequence):
         torch = self._torch

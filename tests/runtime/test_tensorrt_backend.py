@@ -1,5 +1,7 @@
 """The tensorrt backend: folder checks and clear errors on the CPU; clips on a GPU (trt mark)."""
 
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import importlib.util
@@ -24,7 +26,7 @@ from hirn.export.engine import (
 from hirn.export.engine_cache import EngineFolderError, ProfileError, write_engines_manifest
 from hirn.export.graphs import graph_specs
 from hirn.export.onnx_export import ExportOptions, _describe, export_onnx
-from hirn.runtime.backends import BackendConfig, BackendError, create_runner
+from hirn.runtime.backends import BackendConfig, BackendError, Runner, create_runner
 from hirn.runtime.backends.tensorrt_backend import TensorRTRunner, check_engine_folder
 from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN
@@ -96,11 +98,82 @@ def test_without_cuda_the_error_says_so(tmp_path, monkeypatch):
         TensorRTRunner(folder)
 
 
-# ---- needs TensorRT and a GPU ---------------------------------------------------------------
-
 def _clip(frames=3, height=64, width=96, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).random((frames, 3, height, width), dtype=np.float32)
 
+
+class _StandInContext:
+    """Stands in for a TensorRT execution context on CPU tensors: it reads its inputs and
+    writes its output through the addresses bound to it, as an engine would. Its output is
+    sum_i (i + 1) * mean(input_i), so that inputs bound in the wrong order show."""
+
+    def __init__(self, entry: dict):
+        self.entry, self.shapes, self.addresses, self.runs = entry, {}, {}, 0
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+        return True
+
+    def get_tensor_shape(self, name):
+        out = self.entry["outputs"][0]
+        batch, _, height, width = self.shapes[self.entry["inputs"][0]["name"]]
+        scale = 4 if out["kind"] == "output" else 1
+        return (batch, out["shape"][1], height * scale, width * scale)
+
+    def _array(self, spec, shape):
+        ctype = ctypes.c_uint16 if spec["dtype"] == "float16" else ctypes.c_float
+        pointer = ctypes.cast(self.addresses[spec["name"]], ctypes.POINTER(ctype))
+        return np.ctypeslib.as_array(pointer, shape).view(spec["dtype"])
+
+    def execute_async_v3(self, stream):
+        value = sum((i + 1) * float(self._array(t, self.shapes[t["name"]]).mean())
+                    for i, t in enumerate(self.entry["inputs"]))
+        out = self.entry["outputs"][0]
+        self._array(out, self.get_tensor_shape(out["name"]))[...] = value
+        self.runs += 1
+        return True
+
+
+def test_runner_binds_and_runs_engines_by_address(tmp_path, monkeypatch):
+    """The backend's Python around TensorRT, on the CPU: bindings by name and address, output
+    allocation from the context's shape, dtype and profile checks, and a whole clip through
+    the driver, with stand-in execution contexts (TensorRT itself is not involved)."""
+    folder = _fake_engine_folder(tmp_path / "engines")
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    runner = TensorRTRunner.__new__(TensorRTRunner)
+    manifest = check_engine_folder(folder)
+    Runner.__init__(runner, {n: [t["name"] for t in g["inputs"]]
+                             for n, g in manifest["graphs"].items()}, 16)
+    runner.folder, runner.manifest, runner.cuda_graphs, runner._captured = folder, manifest, \
+        False, {}
+    runner._torch, runner._trt = torch, types.SimpleNamespace(__version__="10.13.0")
+    runner.device, runner.stream = torch.device("cpu"), types.SimpleNamespace(cuda_stream=0)
+    runner._dtypes = {"float32": torch.float32, "float16": torch.float16}
+    runner.contexts = {n: _StandInContext(g) for n, g in manifest["graphs"].items()}
+
+    a, b = torch.rand(1, 2, 64, 96), torch.rand(1, 2, 64, 96)
+    out = runner.run("compose", a, b)
+    assert out.shape == (1, 2, 64, 96) and out.dtype == torch.float32
+    assert torch.allclose(out, a.mean() + 2 * b.mean())
+    feature = runner.zeros("feature", 1, 64, 96)
+    assert feature.dtype == torch.float16  # FP16 engines: features in FP16
+    with pytest.raises(TypeError, match="current must be float16"):
+        runner.run("step_backward_first", feature.float())
+    frames = _clip()
+    hr = upscale_clip(runner, frames, batch_size=2)
+    assert hr.shape == (3, 3, 256, 384) and np.isfinite(hr).all()
+    runs = {name: c.runs for name, c in runner.contexts.items()}
+    assert runs["decode"] == 2 and runs["step_group"] == 2 and runs["step_group_first"] == 1
+    with pytest.raises(ProfileError, match="outside the engines' profile"):
+        runner.run("encode", torch.from_numpy(_clip(frames=3, height=64, width=96)))
+
+
+# ---- needs TensorRT and a GPU ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def fp32_folders(tmp_path_factory):
