@@ -289,12 +289,22 @@ def test_atomic_file_leaves_nothing_on_failure(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                     reason="checks the message shown where TensorRT is absent")
 def test_cli_without_tensorrt_says_what_to_install(small_folders, tmp_path):
-    result = run_cli("hirn-export", "engine", str(small_folders["fp16"]), "-o",
-                     str(tmp_path / "engines"), "--min", "64x64", "--opt", "64x96", "--max",
-                     "128x128", "--precision", "fp16")
-    assert result.returncode == 1
-    assert "needs TensorRT: pip install tensorrt" in result.stderr
+    from click.testing import CliRunner
+
+    from hirn.export.cli import main
+
+    cli = CliRunner()
+    result = cli.invoke(main, ["engine", str(small_folders["fp16"]), "-o",
+                               str(tmp_path / "engines"), "--min", "64x64", "--opt", "64x96",
+                               "--max", "128x128", "--precision", "fp16"])
+    assert result.exit_code == 1
+    assert "needs TensorRT: pip install tensorrt" in result.output
     assert not (tmp_path / "engines").exists()
+    result = cli.invoke(main, ["engine", str(small_folders["fp16"]), "-o", str(tmp_path / "e"),
+                               "--min", "64x64", "--opt", "64x96", "--max", "97x128"])
+    assert result.exit_code == 1 and "--max 97x128: sizes must be multiples of 2" in result.output
+    result = cli.invoke(main, ["compare", str(small_folders["fp16"]), str(tmp_path / "none")])
+    assert result.exit_code == 1 and "engine folder not found" in result.output
 
 
 def _compare(folders, candidate_key, **kwargs):
