@@ -11,8 +11,9 @@ graphs already say which tensors are FP16 (features, convolutions, the plugin) a
 stay FP32 (frames, flows, the sampling grids and GridSample, flow chaining, the ``flow`` and
 ``compose`` graphs whole). A strongly typed network keeps exactly those types, so the flow math
 is FP32 by construction instead of by matching layer names after the parser has renamed and
-fused them; TensorRT 11 builds strongly typed networks only (its FP16 flag and per-layer
-precisions are gone), so this is also the one path that works on 10.x and 11.x alike. The
+fused them. TensorRT 11 makes every network strongly typed (its ``STRONGLY_TYPED`` flag is
+kept and ignored), so layer precisions and the FP16 flag no longer steer types there: this is
+the one path that works on 10.x and 11.x alike. The
 engine's precision is therefore the ONNX folder's: export with ``--precision fp16`` for FP16
 engines. :func:`fp32_flow_math` checks, before building, that an FP16 folder keeps its grids
 FP32. TF32 is off: it would round the FP32 flow math to 10-bit mantissas, FP16's precision.
@@ -50,7 +51,6 @@ from .engine_cache import (
 )
 from .manifest import sha256_of, verify_folder
 
-DCN_MODES = ("builtin", "plugin")  # TensorRT's ModulatedDeformConv2d | our HirnDeformConv
 FLOW_GRAPHS = ("flow", "compose")  # FP32 end to end in every precision
 BUILD_RECIPE = 1  # bump when this module changes what an engine holds (part of the key)
 
