@@ -35,6 +35,7 @@ class BackendConfig:
     precision: str = "fp32"               # fp32 | fp16 (torch; ONNX folders carry their own)
     threads: int | None = None            # CPU threads (None: the library's default)
     batch_size: int = 4                   # frames per call of the batchable graphs
+    cuda_graphs: bool = False             # tensorrt: replay step engines as CUDA graphs
 
 
 class Runner(ABC):
