@@ -234,6 +234,10 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
             warnings.warn(f"{resume_path} was saved by {state.get('world_size')} processes, "
                           f"this run has {d.world}: training continues, but the data order "
                           "differs from an uninterrupted run", stacklevel=2)
+        changed = _changes(state.get("config") or {}, to_dict(cfg))
+        if changed:
+            warnings.warn(f"the configuration differs from the one {resume_path} was saved "
+                          f"with: {'; '.join(changed)}", stacklevel=2)
         rngs = state["rng"]
         set_rng_states(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
         start = state["iter"]
@@ -320,7 +324,7 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
             t_window += time.time() - t_val  # iter_time counts training only
         if it % cfg.logger.save_checkpoint_freq == 0 or it == last:
             t_save = time.time()
-            _save(work_dir, it, model, ema, optimizer, scheduler, scaler, d)
+            _save(work_dir, it, cfg, model, ema, optimizer, scheduler, scaler, d)
             t_window += time.time() - t_save
     bar.close()
 
@@ -334,8 +338,20 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
     return RunResult(it, work_dir, sums)
 
 
-def _save(work_dir: Path, it: int, model: nn.Module, ema: EMA | None, optimizer, scheduler,
-          scaler, d: D.Dist) -> None:
+def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every option that differs between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _save(work_dir: Path, it: int, cfg: Config, model: nn.Module, ema: EMA | None, optimizer,
+          scheduler, scaler, d: D.Dist) -> None:
     """Published-format weights and a resume state (RNG states of every process)."""
     rngs = D.gather(rng_states(), d)
     if d.main:
@@ -346,5 +362,7 @@ def _save(work_dir: Path, it: int, model: nn.Module, ema: EMA | None, optimizer,
             "params_ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
-            "world_size": d.world})
+            "world_size": d.world, "config": to_dict(cfg),
+            # Where the data stream continues (see data.SampleStream).
+            "next_sample": it * d.world * cfg.datasets.train.batch_size_per_gpu})
     D.barrier(d)

@@ -18,6 +18,7 @@ from hirn.train.ema import EMA
 from hirn.train.errors import HirnError
 from hirn.train.loop import (
     LOG_NAME,
+    _changes,
     amp_dtype,
     build_optimizer,
     charbonnier_loss,
@@ -119,6 +120,13 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert resolve_resume(tmp_path, "auto") is None  # no state yet: a fresh start
 
 
+def test_config_changes_are_listed_for_the_resume_warning():
+    old = {"train": {"total_iter": 10, "optim_g": {"lr": 1e-4}}, "name": "a"}
+    new = {"train": {"total_iter": 20, "optim_g": {"lr": 1e-4}}, "name": "a"}
+    assert _changes(old, new) == ["train.total_iter: 10 -> 20"]
+    assert _changes(new, new) == []
+
+
 def _config(tmp_path, data_root, **train) -> dict:
     return {
         "manual_seed": 3,
@@ -152,6 +160,7 @@ def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path):
     for key in ("params", "params_ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert resumed.checksums == straight.checksums
+    assert b["next_sample"] == 3 and b["config"]["train"]["total_iter"] == 3
     # Same losses and learning rates logged; the log holds each iteration once.
     logs = [[r for r in _logs(tmp_path / w) if "loss" in r] for w in ("straight", "split")]
     assert [r["iter"] for r in logs[1]] == [1, 2, 3]
