@@ -163,8 +163,8 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
             from hirn.runtime.weights import build_runner
 
             runner = build_runner(backend)
-            info(f"{shard.label}{runner.describe()}; windows of {config.window} frames + "
-                 f"{config.overlap} on each side", config.quiet)
+            info(f"{shard.label}{runner.describe()}; windows write {config.window} frames "
+                 f"and read {config.overlap} more on each side", config.quiet)
         return runner
 
     def upscale_one(video: Path, out: Path) -> None:

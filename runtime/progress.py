@@ -31,7 +31,8 @@ def _size(count: float) -> str:
 def summary(frames: int, seconds: float, output) -> str:
     """``N frames in S s (R frames/s), peak memory M -> OUTPUT``."""
     rate = frames / seconds if seconds > 0 else 0.0
-    return (f"{frames} frames in {seconds:.1f} s ({rate:.2f} frames/s), peak memory "
+    plural = "" if frames == 1 else "s"
+    return (f"{frames} frame{plural} in {seconds:.1f} s ({rate:.2f} frames/s), peak memory "
             f"{peak_memory()} -> {output}")
 
 
