@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -14,6 +17,7 @@ from hirn.runtime.video_writer import CODECS, DEFAULT_CRF
 from hirn.train.errors import HirnError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 HELP = f"""Upscale INPUT x4 into OUTPUT with HiRN.
 
@@ -100,21 +104,14 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
                            overwrite=overwrite, quiet=quiet)
     demo = str(input) == "demo"
     try:
-        if frames is not None and not demo:
-            raise click.UsageError("--frames applies to hirn-run demo only")
-        backend_config = _resolve(backend_config)
-        if demo:
-            from hirn.runtime.demo import run_demo
-
-            run_demo(output or Path("hirn-demo"), backend_config, frames=frames, quiet=quiet)
-        elif output is None:
-            raise click.UsageError("pass the output with -o OUTPUT")
-        else:
-            _run(input, output, backend_config, run_config)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted (Ctrl-C): the output being written was removed; the input "
-                   "is untouched", err=True)
-        ctx.exit(EXIT_INTERRUPTED)
+        with _terminate_as_interrupt():
+            _dispatch(input, output, backend_config, run_config, demo, frames, quiet)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        click.echo(f"\n{'terminated' if terminated else 'interrupted (Ctrl-C)'}: the output "
+                   f"being written was removed (finished outputs of a batch are kept: run the "
+                   f"same command again to go on); the input is untouched", err=True)
+        ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     except HirnError as error:
         raise click.ClickException(_message(error)) from error
     except MemoryError as error:
@@ -123,6 +120,43 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
         if type(error).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
             raise
         raise click.ClickException(_out_of_memory(run_config, backend_config)) from error
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, or torchrun stopping its other processes), handled like Ctrl-C
+    so that the output being written is removed."""
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
+              run_config: RunConfig, demo: bool, frames: int | None, quiet: bool) -> None:
+    """The demo, a batch folder, or one input."""
+    if frames is not None and not demo:
+            raise click.UsageError("--frames applies to hirn-run demo only")
+    backend_config = _resolve(backend_config)
+    if demo:
+        from hirn.runtime.demo import run_demo
+
+        run_demo(output or Path("hirn-demo"), backend_config, frames=frames, quiet=quiet)
+    elif output is None:
+        raise click.UsageError("pass the output with -o OUTPUT")
+    else:
+        _run(input, output, backend_config, run_config)
 
 
 def _resolve(config: BackendConfig) -> BackendConfig:

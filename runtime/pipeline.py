@@ -84,6 +84,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     summary line; the runner is asked for only once the input and output are known good."""
     source = open_source(input, fps=config.fps)
     info(label + describe_input(source), config.quiet)
+    if config.fps is not None and not Path(input).is_dir():
+        note("--fps applies to image folders; the video's own rate is kept")
     for text in source.notes:
         note(text)
     shown = set(source.notes)

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from support import run_cli
 
 from hirn.export.onnx_export import export_onnx
-from hirn.runtime.cli import EXIT_INTERRUPTED, main
+from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, main
 from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.weights import checkpoint_config
 from hirn.train import load_model
@@ -304,8 +304,11 @@ def _start(args: list, **options) -> subprocess.Popen:
                             **options)
 
 
+@pytest.mark.parametrize("stop, code, said", [
+    (signal.SIGINT, EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+    (signal.SIGTERM, EXIT_TERMINATED, "terminated")])  # what schedulers and torchrun send
 def test_ctrl_c_stops_with_130_and_leaves_nothing(calendar_small_mp4, tiny_checkpoint,
-                                                  tmp_path):
+                                                  tmp_path, stop, code, said):
     digest = sha256(calendar_small_mp4)
     out = tmp_path / "out.mp4"
     process = _start([calendar_small_mp4, "-o", out, "--checkpoint", tiny_checkpoint,
@@ -318,10 +321,10 @@ def test_ctrl_c_stops_with_130_and_leaves_nothing(calendar_small_mp4, tiny_check
     assert any("windows write" in line for line in seen), seen
     assert len(names(tmp_path)) == 1  # the hidden temporary, while it works
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=SIGNAL_TIMEOUT_S)
-    assert process.returncode == EXIT_INTERRUPTED, stderr
-    assert "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
+    assert process.returncode == code, stderr
+    assert said in stderr and "Traceback" not in stderr
     assert names(tmp_path) == []
     assert sha256(calendar_small_mp4) == digest
 
