@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -125,3 +127,19 @@ def test_torchrun_shares_a_folder_out_and_a_rerun_resumes(tmp_path, media, tiny_
     again = CliRunner().invoke(main, args)  # in this process: no torchrun variables
     assert again.exit_code == 0, again.output
     assert "batch: 0 upscaled, 3 skipped (already complete), 0 failed" in again.output
+
+
+def test_a_folder_of_images_upscales_as_one_sequence(tmp_path, media, tiny_checkpoint,
+                                                     one_thread):
+    frames = media.write_images(tmp_path / "frames", media.synthetic_frames(2)[::-1],
+                                names=["frame10.png", "frame9.png"])  # natural order: 9, 10
+    result = CliRunner().invoke(main, [str(frames), "-o", str(tmp_path / "out"), "--checkpoint",
+                                       str(tiny_checkpoint), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 frames in" in result.output and "batch" not in result.output
+    out = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in out] == ["000000.png", "000001.png"]
+    first = cv2.resize(cv2.imread(str(out[0])), (64, 48), interpolation=cv2.INTER_AREA)
+    distance = {name: np.abs(first.astype(int) - cv2.imread(str(frames / name))).mean()
+                for name in ("frame9.png", "frame10.png")}
+    assert distance["frame9.png"] < distance["frame10.png"]  # frame9 came first
