@@ -9,11 +9,13 @@ as subprocesses because they need a real signal and a real file-size limit.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from support import run_cli
 
 from hirn.export.onnx_export import export_onnx
 from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, main
+from hirn.runtime.progress import progress_bar
 from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.weights import checkpoint_config
 from hirn.train import load_model
@@ -346,3 +349,23 @@ def test_a_full_disk_ends_with_a_clear_message(calendar_small_mp4, tiny_checkpoi
     assert f"writing {out} failed" in stderr and "file-size limit" in stderr, stderr
     assert "Traceback" not in stderr
     assert names(tmp_path) == []
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty, quiet, shown", [(True, False, True), (True, True, False),
+                                               (False, False, False)])
+def test_progress_bar_only_on_a_terminal_and_not_when_quiet(monkeypatch, tty, quiet, shown):
+    stderr = Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with progress_bar(10, "clip.mp4", quiet) as update:
+        for count in (4, 1):
+            time.sleep(0.15)  # tqdm redraws at most every 0.1 s
+            update(count)
+    text = stderr.getvalue()
+    assert ("clip.mp4" in text and "4/10" in text and "frame/s" in text) == shown, text
