@@ -32,7 +32,7 @@ from hirn.runtime.driver import upscale_clip
 from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_uint8
 from hirn.runtime.progress import info, note, progress_bar, summary
 from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
-from hirn.runtime.windows import check_window, iter_windows
+from hirn.runtime.windows import GOP_FRAMES, check_window, iter_windows
 
 # Chosen from benchmarks/windowing.py (see benchmarks/results/windowing.md): the dB lost
 # against whole-clip processing on Vid4 and the memory a window costs.
@@ -115,7 +115,7 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
     height, width = source.height, source.width
     ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
     with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
-        for window, items in iter_windows(frames, config.window, config.overlap):
+        for window, items in iter_windows(frames, config.window, config.overlap, GOP_FRAMES):
             images = np.stack([image for image, _ in items])
             clock = time.perf_counter()
             hr = upscale_clip(runner, pad_frames(to_float(images)), batch_size)

@@ -16,10 +16,18 @@ import pytest
 from hirn.runtime import pipeline
 from hirn.runtime.errors import DecodeError, SinkError
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
+from hirn.runtime.schedule import make_plan
 from hirn.runtime.video import open_source, read_frames
-from hirn.runtime.windows import Window, iter_windows, plan_windows
+from hirn.runtime.windows import (
+    GOP_FRAMES,
+    Window,
+    effective_overlap,
+    iter_windows,
+    plan_windows,
+)
 
 CASES = [(n, w, o) for n in (1, 2, 5, 16, 23, 41) for w in (1, 3, 8, 24) for o in (0, 1, 4)]
+WITH_MINIMUM = [(n, w, o, m) for n, w, o in CASES for m in (1, GOP_FRAMES)]
 
 
 def depth(frame: int, window: Window, num_frames: int) -> float:
@@ -30,27 +38,34 @@ def depth(frame: int, window: Window, num_frames: int) -> float:
     return min(before, after)
 
 
-@pytest.mark.parametrize("num_frames, window, overlap", CASES)
-def test_cores_tile_the_video_and_windows_stay_bounded(num_frames, window, overlap):
-    windows = plan_windows(num_frames, window, overlap)
+@pytest.mark.parametrize("num_frames, window, overlap, minimum", WITH_MINIMUM)
+def test_cores_tile_the_video_and_windows_stay_bounded(num_frames, window, overlap, minimum):
+    windows = plan_windows(num_frames, window, overlap, minimum)
     kept = [f for w in windows for f in range(w.keep_start, w.keep_stop)]
     assert kept == list(range(num_frames))  # every frame written once, in order
+    wide = effective_overlap(window, overlap, minimum)
+    assert wide >= overlap and window + 2 * wide in (minimum, minimum + 1) or wide == overlap
     for w in windows:
-        assert w.size <= window + 2 * overlap
-        assert w.start == max(0, w.keep_start - overlap)
-        assert w.stop == min(num_frames, w.keep_stop + overlap) or w is windows[-1]
-        assert w.keep_stop - w.keep_start <= window + overlap
+        assert w.size <= max(window + 2 * wide, minimum)
+        assert w.size >= min(minimum, num_frames)  # e.g. 16 frames: the group branch's GOP
+        if w is not windows[-1]:
+            assert w.start == max(0, w.keep_start - wide)
+            assert w.stop == max(w.keep_stop + wide, minimum)  # further near the start
+        assert w.keep_stop - w.keep_start <= max(window + wide, minimum)
     assert windows[-1].stop == num_frames
 
 
-@pytest.mark.parametrize("num_frames, window, overlap", CASES)
-def test_each_frame_comes_from_the_window_where_it_sits_deepest(num_frames, window, overlap):
-    windows = plan_windows(num_frames, window, overlap)
+@pytest.mark.parametrize("num_frames, window, overlap, minimum", WITH_MINIMUM)
+def test_each_frame_comes_from_the_window_where_it_sits_deepest(num_frames, window, overlap,
+                                                                minimum):
+    windows = plan_windows(num_frames, window, overlap, minimum)
     for frame in range(num_frames):
         holding = [w for w in windows if w.start <= frame < w.stop]
         writer = next(w for w in windows if w.keep_start <= frame < w.keep_stop)
         assert depth(frame, writer, num_frames) >= overlap
-        if overlap < window:  # else windows near the start all begin at frame 0
+        # (windows near the start all begin at frame 0 when the overlap is larger; windows
+        # stretched to the minimum length hold more context, but not always around the core)
+        if overlap < window and minimum == 1:
             assert depth(frame, writer, num_frames) >= max(depth(frame, w, num_frames)
                                                            for w in holding)
 
@@ -61,6 +76,17 @@ def test_a_clip_that_fits_is_one_window():
     assert plan_windows(0, 24, 4) == []
 
 
+def test_short_windows_read_enough_frames_for_the_16_frame_groups():
+    # a short last window reaches further back ...
+    assert plan_windows(29, 24, 4, GOP_FRAMES)[-1] == Window(13, 29, 24, 29)
+    # ... and short windows read more context on both sides
+    assert plan_windows(40, 8, 0, GOP_FRAMES)[1] == Window(4, 20, 8, 16)
+    # the group branch changes its groups at exactly this length
+    groups = {t: [s.frame for s in make_plan(t).steps if s.branch == "group"][:2]
+              for t in (GOP_FRAMES - 1, GOP_FRAMES)}
+    assert groups == {GOP_FRAMES - 1: [0, 6], GOP_FRAMES: [0, 8]}  # GOP-7 vs GOP-16 order
+
+
 def test_windows_read_frames_as_late_as_possible():
     pulled = []
 
@@ -69,7 +95,7 @@ def test_windows_read_frames_as_late_as_possible():
             pulled.append(index)
             yield index
 
-    for window, items in iter_windows(frames(), 6, 2):
+    for window, items in iter_windows(frames(), 6, 2, GOP_FRAMES):
         assert items == list(range(window.start, window.stop))
         assert len(pulled) <= window.stop + 1  # one frame of look-ahead
 
@@ -143,7 +169,7 @@ def test_frames_come_from_their_windows_in_order_with_their_timestamps(clip, tmp
     config = RunConfig(window=5, overlap=2, codec="ffv1")
     with open_output(real, tmp_path / "out.mkv", config) as sink:
         stats = upscale(source, sink, None, config)
-    windows = plan_windows(23, 5, 2)
+    windows = plan_windows(23, 5, 2, GOP_FRAMES)
     assert stats.frames == 23 and stats.windows == len(windows) == model.calls.__len__()
     # the model saw each window whole, padded to 64x64 (60x46 is below the minimum)
     assert [shape[0] for shape in model.calls] == [w.size for w in windows]
