@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hirn.runtime.backends.base import BACKENDS, BackendConfig
+from hirn.runtime.backends.base import BACKENDS, BackendConfig, BackendError
 from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig
 from hirn.runtime.video_writer import CODECS, DEFAULT_CRF
 from hirn.train.errors import HirnError
@@ -171,7 +171,7 @@ def _resolve(config: BackendConfig) -> BackendConfig:
 
         exported = read_manifest(config.onnx_dir).get("precision")
         if exported != config.precision:
-            raise click.UsageError(
+            raise BackendError(
                 f"{config.onnx_dir} holds {exported} graphs, not {config.precision}: leave "
                 f"--precision out, or export {config.precision} graphs (hirn-export onnx "
                 f"--precision {config.precision})")

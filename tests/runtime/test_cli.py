@@ -225,12 +225,15 @@ def test_missing_or_mismatched_weights(case, message, small_input, tmp_path, tin
     assert_clean_failure(result, message, tmp_path, before)
 
 
-def test_an_altered_onnx_folder_is_refused(onnx_dir, small_input, tmp_path):
+def test_an_altered_or_mismatched_onnx_folder_is_refused(onnx_dir, small_input, tmp_path):
     altered = tmp_path / "graphs"
     shutil.copytree(onnx_dir, altered)
     graph = altered / "decode.onnx"
     graph.write_bytes(graph.read_bytes()[:-100])
     before = names(tmp_path)
+    result = invoke(small_input, "-o", tmp_path / "out.mp4", "--onnx", onnx_dir,
+                    "--precision", "fp16")
+    assert_clean_failure(result, "holds fp32 graphs, not fp16", tmp_path, before)
     result = invoke(small_input, "-o", tmp_path / "out.mp4", "--onnx", altered)
     assert_clean_failure(result, "truncated or replaced; re-export the folder", tmp_path,
                          before)
