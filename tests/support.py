@@ -48,3 +48,14 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600):
     assert executable, f"{args[0]} is not installed (pip install -e .)"
     return subprocess.run([executable, *args[1:]], capture_output=True, text=True,
                           check=check, timeout=timeout)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` giving a child the default Ctrl-C handling.
+
+    A non-interactive shell starts background jobs with SIGINT ignored, and
+    children inherit that; Python then installs no KeyboardInterrupt handler.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from support import run_cli
+from support import default_sigint, run_cli
 
 from hirn.export.onnx_export import export_onnx
 from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, main
@@ -305,6 +305,7 @@ def test_gray_alpha_and_10_bit_inputs_are_converted_with_a_note(kind, note, tmp_
 
 
 def _start(args: list, **options) -> subprocess.Popen:
+    options.setdefault("preexec_fn", default_sigint)
     return subprocess.Popen([shutil.which("hirn-run"), *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **options)

@@ -19,7 +19,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from support import psnr
+from support import default_sigint, psnr
 
 from hirn.runtime import video_writer
 from hirn.runtime.errors import DecodeError, SinkError, SourceError
@@ -585,7 +585,7 @@ def test_ctrl_c_leaves_no_output(tmp_path):
                 time.sleep(0.01)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert process.stdout.readline().strip() == "writing"
     assert len(leftovers(tmp_path)) == 1  # the temporary exists while it writes
     process.send_signal(signal.SIGINT)
