@@ -25,3 +25,22 @@ def pytest_collection_modifyitems(config, items):
         for mark, reason in reasons.items():
             if reason and mark in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def reference_graphs(tmp_path_factory):
+    """``get(dcn)``: the reference weights exported by ``hirn-export onnx``, once per form."""
+    from support import REFERENCE_WEIGHTS, run_cli
+
+    folders = {}
+
+    def get(dcn: str = "onnx"):
+        if dcn not in folders:
+            folder = tmp_path_factory.mktemp("graphs") / dcn
+            result = run_cli("hirn-export", "onnx", str(REFERENCE_WEIGHTS), "-o", str(folder),
+                             "--dcn", dcn)
+            assert result.returncode == 0, result.stderr
+            folders[dcn] = folder
+        return folders[dcn]
+
+    return get

@@ -20,16 +20,9 @@ GRAPHS = [s.name for s in graph_specs(64)]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(reference_graphs):
     """The reference checkpoint exported by the CLI, once per DCN form."""
-    folders = {}
-    for dcn in ("onnx", "decomposed"):
-        folder = tmp_path_factory.mktemp("graphs") / dcn
-        result = run_cli("hirn-export", "onnx", str(REFERENCE_WEIGHTS), "-o", str(folder),
-                         "--dcn", dcn)
-        assert result.returncode == 0, result.stderr
-        folders[dcn] = folder
-    return folders
+    return {dcn: reference_graphs(dcn) for dcn in ("onnx", "decomposed")}
 
 
 @pytest.fixture(scope="module")
