@@ -169,6 +169,17 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {r['frames']} | {r['mode']} | {r['window']} + 2 x {r['overlap']} "
                          f"| {r['peak_rss_mib']:.0f} | {r['seconds']:.0f} "
                          f"| {r['frames_per_s']:.2f} |")
+        whole = {r["frames"]: r["peak_rss_mib"] for r in memory["rows"]
+                 if r["mode"] == "one window"}
+        if len(whole) >= 2:
+            (a, ra), (b, rb) = sorted(whole.items())[:2]
+            pixels = int(memory["size"].split("x")[0]) * int(memory["size"].split("x")[1])
+            per_frame = (rb - ra) * 2**20 / (b - a) / pixels
+            lines += ["", f"One window over the whole video costs {per_frame:.0f} bytes per LR "
+                      f"pixel for each frame ({a} -> {b} frames) with 16 channels. The "
+                      "published model's features have 64 channels: 4 feature maps x 48 "
+                      "channels x 4 bytes = 768 bytes more, about 1.5 KiB per LR pixel and "
+                      "frame of a window (an estimate, not measured with that model here)."]
         lines.append("")
     quality = payload.get("quality")
     if quality:
@@ -206,10 +217,15 @@ def main() -> None:
                         help="the windows' minimum length (hirn-run: 16; 1: none)")
     parser.add_argument("--settings", default=",".join(f"{w}:{o}" for w, o in SETTINGS),
                         help="window:overlap pairs for the quality part")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite the Markdown from the JSON, measuring nothing")
     args = parser.parse_args()
     settings = [tuple(map(int, pair.split(":"))) for pair in args.settings.split(",")]
     path = RESULTS / "windowing.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
+    if args.markdown_only:
+        write_results("windowing", payload, markdown(payload))
+        return
     if args.part in ("quality", "all"):
         if not REFERENCE_WEIGHTS.exists() or not CALENDAR_LR.exists():
             sys.exit(f"{REFERENCE_WEIGHTS} or {CALENDAR_LR} is absent: ../shared is needed")

@@ -38,12 +38,14 @@ OUTPUT is a .mp4, .mkv or .mov video (H.264 unless --codec says otherwise), with
 the input's audio, frame rate and timestamps, or a path without extension for a
 folder of PNGs. It appears only when complete; the input is never touched.
 
-Long videos run in windows of --window frames, each reading --overlap more frames
-on either side as context; memory is bounded by the window, not by the length
-(about 1.2 KiB per LR pixel and frame of window + 2 x overlap for the published
-model: 2.3 GiB at 320x180, 16 GiB at 720x576 with the defaults
-{DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP}). The defaults lose less than 0.01 dB against
-processing a whole Vid4 clip at once (benchmarks/results/windowing.md).
+Long videos run in windows of --window frames, each reading --overlap more
+frames on either side as context (and at least 16 frames in all, the length of
+HiRN's groups). Memory is bounded by the window, not by the length of the video:
+the published model keeps about 1.5 KiB per LR pixel for each frame a window
+reads (2.6 GiB for the default {DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames at 320x180, 19 GiB at
+720x576): lower --window if memory runs out. With the defaults the output stays
+within about one 8-bit level of processing the whole clip at once (74 dB PSNR on
+a Vid4 calendar crop; benchmarks/results/windowing.md).
 """
 
 
