@@ -7,6 +7,7 @@ import re
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -149,7 +150,7 @@ def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
               run_config: RunConfig, demo: bool, frames: int | None, quiet: bool) -> None:
     """The demo, a batch folder, or one input."""
     if frames is not None and not demo:
-            raise click.UsageError("--frames applies to hirn-run demo only")
+        raise click.UsageError("--frames applies to hirn-run demo only")
     backend_config = _resolve(backend_config)
     if demo:
         from hirn.runtime.demo import run_demo
@@ -163,8 +164,6 @@ def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
 
 def _resolve(config: BackendConfig) -> BackendConfig:
     """The backend inferred from the weights given; precision checked against it."""
-    from dataclasses import replace
-
     from hirn.runtime.weights import infer_backend
 
     config = infer_backend(config)
@@ -182,8 +181,6 @@ def _resolve(config: BackendConfig) -> BackendConfig:
 
 def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -> None:
     """One input, or a batch folder shared out among torchrun's processes."""
-    from dataclasses import replace
-
     from hirn.runtime.batch import BatchError, Shard, is_batch, run_batch
     from hirn.runtime.pipeline import upscale_file
     from hirn.runtime.progress import info
