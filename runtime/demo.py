@@ -22,7 +22,7 @@ from hirn.runtime.progress import info, progress_bar, summary
 from hirn.runtime.video import open_sink, open_source
 
 DEMO_FRAMES = 8
-HR_SIZE = (256, 384)  # height, width of the original; the input is 64x96
+HR_SIZE = (256, 320)  # height, width of the original; the input is 64x80 (quick on a CPU)
 FPS = 12
 INPUT_NAME, OUTPUT_NAME, SIDE_BY_SIDE = "input", "upscaled.mp4", "side_by_side.png"
 PAN = (3, 5)  # pixels per frame the background moves (down, right)
@@ -55,7 +55,7 @@ def synthetic_clip(frames: int = DEMO_FRAMES, size: tuple[int, int] = HR_SIZE,
     for t in range(frames):
         top, left = PAN[0] * t, PAN[1] * t
         frame = np.ascontiguousarray(background[top:top + height, left:left + width])
-        centre = (int(60 + 18 * t), int(height / 2 + 40 * np.sin(t / 2)))
+        centre = (int(60 + 18 * t), int(height / 2 - 30 + 30 * np.sin(t / 2)))
         cv2.circle(frame, centre, 34, (230, 70, 40), -1, cv2.LINE_AA)
         cv2.circle(frame, centre, 20, (250, 220, 60), 3, cv2.LINE_AA)
         box = cv2.boxPoints(((width - 90, 80 + 4 * t), (70, 44), 12.0 * t)).astype(np.int32)
