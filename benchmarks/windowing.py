@@ -6,16 +6,21 @@ kernel reports (``wait4``); the same videos of 50 and 200 frames in one window s
 windows save. Model: HiRN(mid_channels=16, num_blocks=1), seeded random weights (the decode
 stage, which does not depend on the model size, dominates at this size).
 
+Pipeline: the same videos (and one of 3200 frames) through the pipeline with a stand-in for
+the model, in fresh processes: the streaming code alone. Allocator: the model alone on 12
+same-size windows in one process, peak RSS after each.
+
 Quality: the Vid4 calendar LR clip (41 frames, a 64x64 crop) through the published model
 size with ``../shared/reference/hirn_random_seed1.pth`` (random weights: no trained
 checkpoint exists here yet), whole clip against each window setting; PSNR of the windowed
 output against the whole-clip output (both clamped to [0, 1]).
 
-    python benchmarks/windowing.py [--part memory|quality|all] [--threads 1]
+    python benchmarks/windowing.py [--part memory|pipeline|allocator|quality|all] [--threads 1]
                                    [--min-frames 16] [--settings 8:0,8:4,...]
 
 Writes benchmarks/results/windowing.{json,md}; a part run alone keeps the other's results.
-About 25 minutes for the memory part and 20 for quality on one core of a loaded 2-core CPU.
+About 25 minutes for the memory part, 20 for quality, 3 for allocator and 1 for pipeline, on one
+core of a loaded 2-core CPU.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from hirn.runtime.windows import GOP_FRAMES
 
 LENGTHS = (50, 200, 800)
 WHOLE_LENGTHS = (50, 200)  # the same videos in one window, for contrast
+PIPELINE_LENGTHS = (50, 200, 800, 3200)  # the pipeline alone, with a stand-in for the model
 SIZE = 64
 SETTINGS = ((8, 0), (8, 4), (16, 0), (16, 4), (24, 2), (24, 4), (32, 4))  # (window, overlap)
 CROP = (40, 60, 64, 64)  # top, left, height, width of the calendar crop
@@ -107,6 +113,59 @@ def memory_part(threads: int) -> dict:
                 rows.append(row)
                 out.unlink()
     return {"model": TINY, "size": f"{SIZE}x{SIZE}", "threads": threads, "rows": rows}
+
+
+def _stand_in_run(video: Path, out: Path) -> None:
+    """The pipeline with nearest-neighbour x4 in place of the model (run in a subprocess)."""
+    from hirn.runtime import pipeline
+    from hirn.runtime.pipeline import RunConfig, open_output, upscale
+    from hirn.runtime.video import open_source
+
+    pipeline.upscale_clip = lambda runner, frames, batch_size=4: (
+        frames.repeat(4, axis=2).repeat(4, axis=3))
+    source, config = open_source(video), RunConfig(overwrite=True)
+    with open_output(source, out, config) as sink:
+        upscale(source, sink, None, config)
+
+
+def pipeline_part() -> dict:
+    """Peak RSS of the streaming pipeline alone (decode, windows, encode) against length."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for frames in PIPELINE_LENGTHS:
+            video = synthetic_video(folder / f"clip{frames}.mp4", frames)
+            process = subprocess.Popen([sys.executable, __file__, "--stand-in-run", str(video),
+                                        str(folder / "out.mp4")])
+            _, status, usage = os.wait4(process.pid, 0)
+            if os.waitstatus_to_exitcode(status):
+                raise SystemExit("the stand-in run failed")
+            rows.append({"frames": frames, "peak_rss_mib": usage.ru_maxrss / 1024})
+            print(rows[-1], flush=True)
+    return {"size": f"{SIZE}x{SIZE}", "rows": rows}
+
+
+def allocator_part(threads: int, windows: int = 12) -> dict:
+    """Peak RSS after each of ``windows`` same-size windows through the model, in one process:
+    whether memory creeps with the number of windows (it should not, beyond allocator noise)."""
+    import resource
+
+    import torch
+
+    from hirn.runtime.backends.torch_backend import TorchRunner
+    from hirn.runtime.driver import upscale_clip
+    from hirn.train import HiRN
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    runner = TorchRunner(HiRN(**TINY).eval())
+    rng = np.random.default_rng(0)
+    peaks = []
+    for _ in range(windows):
+        upscale_clip(runner, rng.random((16, 3, SIZE, SIZE), dtype=np.float32))
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(f"window {len(peaks)}: peak RSS {peaks[-1]:.0f} MiB", flush=True)
+    return {"window_frames": 16, "size": f"{SIZE}x{SIZE}", "peak_rss_mib": peaks}
 
 
 def quality_part(threads: int, min_frames: int, settings) -> dict:
@@ -181,6 +240,20 @@ def markdown(payload: dict) -> str:
                       "channels x 4 bytes = 768 bytes more, about 1.5 KiB per LR pixel and "
                       "frame of a window (an estimate, not measured with that model here)."]
         lines.append("")
+    alone = payload.get("pipeline")
+    if alone:
+        sizes = ", ".join(f"{r['peak_rss_mib']:.0f} MiB at {r['frames']} frames"
+                          for r in alone["rows"])
+        lines += [f"The pipeline alone (decode, windows, encode; nearest-neighbour x4 standing "
+                  f"in for the model), same {alone['size']} videos: peak RSS {sizes}.", ""]
+    loop = payload.get("allocator")
+    if loop:
+        peaks = loop["peak_rss_mib"]
+        lines += [f"The model alone on {len(peaks)} {loop['window_frames']}-frame windows of "
+                  f"{loop['size']} random frames in a row, in one process: peak RSS after each "
+                  f"window {', '.join(f'{p:.0f}' for p in peaks)} MiB. The allocator's peak "
+                  "creeps over the first windows and then settles: this, not the number of "
+                  "frames, is the small rise of the windowed runs with the model.", ""]
     quality = payload.get("quality")
     if quality:
         lines += [f"Windowed vs whole-clip output: {quality['clip']}, weights "
@@ -211,7 +284,9 @@ def markdown(payload: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["memory", "quality", "all"], default="all")
+    parser.add_argument("--part", choices=["memory", "pipeline", "allocator", "quality", "all"],
+                        default="all")
+    parser.add_argument("--stand-in-run", nargs=2, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-frames", type=int, default=GOP_FRAMES,
                         help="the windows' minimum length (hirn-run: 16; 1: none)")
@@ -223,6 +298,9 @@ def main() -> None:
     settings = [tuple(map(int, pair.split(":"))) for pair in args.settings.split(",")]
     path = RESULTS / "windowing.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
+    if args.stand_in_run:
+        _stand_in_run(*args.stand_in_run)
+        return
     if args.markdown_only:
         write_results("windowing", payload, markdown(payload))
         return
@@ -236,6 +314,10 @@ def main() -> None:
         payload["quality"] = quality
     if args.part in ("memory", "all"):
         payload["memory"] = memory_part(args.threads)
+    if args.part in ("pipeline", "all"):
+        payload["pipeline"] = pipeline_part()
+    if args.part in ("allocator", "all"):
+        payload["allocator"] = allocator_part(args.threads)
     payload["machine"] = machine()
     payload["load_average"] = os.getloadavg()[0]
     write_results("windowing", payload, markdown(payload))
