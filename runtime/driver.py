@@ -21,16 +21,19 @@ def is_mirror_extended(frames: np.ndarray) -> bool:
     return len(frames) % 2 == 0 and np.array_equal(frames, frames[::-1])
 
 
-def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4) -> np.ndarray:
+def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
+                 keep: slice = slice(None)) -> np.ndarray:
     """Run the whole model on one clip.
 
     Args:
         runner: the backend.
         frames: ``[T, 3, H, W]`` float32 RGB in [0, 1]; H and W even, >= 64.
         batch_size: frames per call of the batchable graphs (encode, flow, decode).
+        keep: the frames to decode (a window's written frames); the others are context
+            only, so their HR output (the costliest graph) is never computed.
 
     Returns:
-        ``[T, 3, 4H, 4W]`` float32, not clamped.
+        ``[len(keep), 3, 4H, 4W]`` float32, not clamped.
     """
     t, _, h, w = frames.shape
     plan = make_plan(t)
@@ -50,13 +53,15 @@ def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4) -> np.
          zero_feature=zero_feature, zero_flow=runner.zeros("flow", 1, h, w))
 
     outputs = []
-    for batch in _batches(list(range(t)), batch_size):
+    for batch in _batches(list(range(t))[keep], batch_size):
         per_frame = [plan.decode_inputs(i) for i in batch]
         inputs = [runner.concat([lq[i] for i in batch])]
         for k in range(1 + len(BRANCHES)):
             inputs.append(runner.concat([zero_feature if refs[k] is None else features[refs[k]]
                                          for refs in per_frame]))
         outputs.append(runner.to_numpy(runner.run("decode", *inputs)))
+    if not outputs:
+        return np.zeros((0, 3, 4 * h, 4 * w), np.float32)
     return np.concatenate(outputs, axis=0)
 
 

@@ -120,9 +120,9 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
         for window, items in iter_windows(frames, config.window, config.overlap, GOP_FRAMES):
             images = np.stack([image for image, _ in items])
             clock = time.perf_counter()
-            hr = upscale_clip(runner, pad_frames(to_float(images)), batch_size)
+            hr = upscale_clip(runner, pad_frames(to_float(images)), batch_size, window.keep)
             stats.model_seconds += time.perf_counter() - clock
-            kept = to_uint8(crop_output(hr[window.keep], height, width))
+            kept = to_uint8(crop_output(hr, height, width))
             del hr
             for image, (_, pts) in zip(kept, items[window.keep]):
                 if on_frame is not None:

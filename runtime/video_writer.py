@@ -1,17 +1,22 @@
 """Frame sinks: a video file (PyAV: H.264, H.265, FFV1) or a folder of PNGs (OpenCV).
 
-A sink writes into a hidden temporary in the destination folder (``.NAME.<random>.partial.mkv``
-or a ``.partial`` folder) and renames it to the final path only in a successful ``close()``;
-``abort()``, an exception or Ctrl-C inside ``with open_sink(...)`` remove the temporary. The
-input's audio is copied through while frames are written, so nothing is buffered whole.
+A sink writes into a hidden temporary in the destination folder
+(``.NAME.<host>-<pid>-<random>.partial.mkv`` or a ``.partial`` folder) and renames it to the
+final path only in a successful ``close()``; ``abort()``, an exception or Ctrl-C inside
+``with open_sink(...)`` remove the temporary. A process killed outright (SIGKILL, power loss)
+cannot clean up: the next run for the same output removes the temporaries of dead processes
+of this host. The input's audio is copied through while frames are written, so nothing is
+buffered whole.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
+import socket
 import weakref
 from fractions import Fraction
 from pathlib import Path
@@ -353,14 +358,52 @@ def os_error(error: OSError, path: Path) -> SinkError:
     return SinkError(f"writing {path} failed: {getattr(error, 'strerror', None) or error}")
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
 def _temp_name(path: Path, suffix: str) -> Path:
+    # host and pid: a later run can tell a dead writer's leftovers from a live one's;
     # random part: two processes writing the same output never share a temporary
-    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}{suffix}")
+    return path.with_name(f".{path.stem}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+                          f"{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporaries for ``path`` left by killed processes of this host.
+
+    Only names this module makes, with this host's name and the pid of a process that no
+    longer exists: a run on another machine sharing the folder is never touched.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.{_host()}-(\d+)-[0-9a-f]{{8}}\.partial")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        match = pattern.match(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            _remove(sibling)
+            removed.append(sibling)
+    return removed
 
 
 def make_temp(path: Path, folder: bool) -> Path:
     """Create the hidden temporary for ``path`` next to it (this also proves the folder
-    writable); raise SinkError naming the folder when it is not."""
+    writable); raise SinkError naming the folder when it is not. Leftovers of killed runs
+    for the same output are removed first."""
+    remove_stale_temps(path)
     temp = _temp_name(path, ".partial" if folder else f".partial{path.suffix}")
     try:
         if folder:

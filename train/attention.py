@@ -40,6 +40,50 @@ class TemporalAttention(nn.Module):
         return self.lrelu(self.sAtt_5(att))
 
 
+_CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic kernel
+
+
+def _cubic_weights(t: float) -> list[float]:
+    """Keys' cubic weights of the 4 taps around a sample at fraction ``t`` past the 2nd."""
+    a = _CUBIC_A
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+    return [w0, w1, w2, 1 - w0 - w1 - w2]
+
+
+def _phase_kernels() -> Tensor:
+    """``[4, 1, 5, 5]`` float64: output phase ``dy * 2 + dx`` of bicubic x2 upsampling."""
+    even = torch.tensor(_cubic_weights(0.75) + [0.0], dtype=torch.float64)
+    odd = torch.tensor([0.0] + _cubic_weights(0.25), dtype=torch.float64)
+    return torch.stack([torch.outer(ky, kx) for ky in (even, odd) for kx in (even, odd)])[:, None]
+
+
+_PHASE_KERNELS = _phase_kernels()
+
+
+def _upsample_bicubic_x2_as_conv(x: Tensor) -> Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)`` as an
+    edge pad, a 5x5 convolution per output phase and a pixel shuffle.
+
+    Exported graphs use this form: ONNX Runtime's CPU cubic ``Resize`` took half of a step
+    graph's time (``benchmarks/results/graph_times.md``); convolutions run at full speed
+    everywhere. Output pixel ``2k`` samples at ``k - 0.25`` (taps ``k-2..k+1``), ``2k + 1``
+    at ``k + 0.25`` (taps ``k-1..k+2``); indices clamp at the borders, as the edge pad does.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (2, 2, 2, 2), mode="replicate").reshape(n * c, 1, h + 4, w + 4)
+    phases = F.conv2d(padded, _PHASE_KERNELS.to(device=x.device, dtype=x.dtype))
+    return F.pixel_shuffle(phases.reshape(n, c * 4, h, w), 2)
+
+
+def upsample_bicubic_x2(x: Tensor) -> Tensor:
+    """Bicubic x2 upsampling (PyTorch semantics); the convolution form when exporting."""
+    if torch.jit.is_tracing():
+        return _upsample_bicubic_x2_as_conv(x)
+    return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+
+
 class WaveletAttention(nn.Module):
     """Gates a feature map with each band of its one-level Haar transform."""
 
@@ -50,8 +94,7 @@ class WaveletAttention(nn.Module):
         x3 = x[:, :, 0::2, 1::2] / 2
         x4 = x[:, :, 1::2, 1::2] / 2
         bands = (x1 + x2 + x3 + x4, -x1 - x2 + x3 + x4, -x1 + x2 - x3 + x4, x1 - x2 - x3 + x4)
-        gates = [torch.sigmoid(F.interpolate(b, scale_factor=2, mode="bicubic",
-                                             align_corners=False)) for b in bands]
+        gates = [torch.sigmoid(upsample_bicubic_x2(b)) for b in bands]
         return torch.cat([x * g for g in gates], dim=1)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from support import (
     CALENDAR_LR,
+    FP16_MIN_PSNR_DB,
     ONNX_CLIP_ATOL,
     ONNX_MIN_PSNR_DB,
     REFERENCE,
@@ -61,6 +62,27 @@ def test_onnxruntime_on_real_frames_matches_pytorch(onnx_dir, model):
     assert db >= ONNX_MIN_PSNR_DB
 
 
+def test_torch_backend_fp16_keeps_flows_fp32_and_stays_close(model):
+    """The GPU's mixed-precision path, run on the CPU: FP16 features, FP32 flows and output."""
+    ref = np.load(REFERENCE / "hirn_t6_64x64.npz")
+    runner = TorchRunner(model, "cpu", "fp16")
+    dtypes = {}
+    run = runner._run_impl
+
+    def recording(graph, inputs):
+        out = run(graph, inputs)
+        dtypes.setdefault(graph, out.dtype)
+        return out
+
+    runner._run_impl = recording
+    out = upscale_clip(runner, ref["lq"][0], batch_size=3)
+    assert dtypes["flow"] == dtypes["compose"] == dtypes["decode"] == torch.float32
+    assert dtypes["encode"] == dtypes["step_group"] == dtypes["step_forward"] == torch.float16
+    db = psnr(np.clip(out, 0, 1), np.clip(ref["out"][0], 0, 1))
+    print(f"torch backend FP16 (CPU) vs the original FP32: {db:.1f} dB")
+    assert db >= FP16_MIN_PSNR_DB
+
+
 def test_mirrored_clip_is_detected_and_gives_the_same_result():
     torch.manual_seed(3)
     model = HiRN(mid_channels=16, num_blocks=1).eval()
@@ -71,6 +93,17 @@ def test_mirrored_clip_is_detected_and_gives_the_same_result():
         expected = model(torch.from_numpy(clip)[None])[0].numpy()
     out = upscale_clip(TorchRunner(model), clip)
     assert np.abs(out - expected).max() <= ONNX_CLIP_ATOL
+
+
+def test_decoding_only_the_kept_frames_gives_the_same_frames():
+    """A window decodes only the frames it writes; its context frames still drive the rest."""
+    torch.manual_seed(4)
+    model = HiRN(mid_channels=16, num_blocks=1).eval()
+    clip = torch.rand(7, 3, 64, 64).numpy()
+    runner = TorchRunner(model)
+    whole = upscale_clip(runner, clip, batch_size=3)
+    assert np.array_equal(upscale_clip(runner, clip, batch_size=3, keep=slice(2, 5)), whole[2:5])
+    assert upscale_clip(runner, clip, keep=slice(3, 3)).shape == (0, 3, 256, 256)
 
 
 def test_backend_factory_and_clear_errors(onnx_dir, tmp_path):

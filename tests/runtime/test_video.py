@@ -594,6 +594,34 @@ def test_ctrl_c_leaves_no_output(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_killed_writers_temporary_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL cannot be cleaned up after; the next sink for that output removes the leftover
+    of the dead process, never a live writer's (here: our own) or another output's."""
+    script = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        from hirn.runtime.video import open_sink
+        with open_sink({str(tmp_path / "out.mp4")!r}, width=64, height=48, fps=25) as sink:
+            sink.write(np.zeros((48, 64, 3), np.uint8))
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait(timeout=30)
+    (name,) = leftovers(tmp_path)
+    stale = tmp_path / name
+    live = video_writer.make_temp(tmp_path / "out.mp4", folder=False)  # our pid: alive
+    other = tmp_path / stale.name.replace(".out.", ".other.")
+    stale.rename(other)
+    stale.write_bytes(b"")  # the same leftover again, next to another output's
+    with open_sink(tmp_path / "out.mp4", width=64, height=48, fps=25) as sink:
+        sink.write(np.zeros((48, 64, 3), np.uint8))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "out.mp4").is_file()
+
+
 def test_sample_aspect_ratio_is_carried(tmp_path, media):
     frames = media.synthetic_frames(2)
     with open_sink(tmp_path / "a.mp4", width=64, height=48, fps=25,
