@@ -129,6 +129,8 @@ def _export_graph(module: nn.Module, spec: GraphSpec, path: Path, options: Expor
     with warnings.catch_warnings(), torch.no_grad(), export_form(options.dcn), \
             _cheap_half_convolutions(cheap):
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        # strided slices (the wavelet's 2x2 phases) stay Slice nodes: nothing to fold there
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(module, _sample_inputs(spec, options.precision), str(path),
                           dynamo=False, opset_version=options.opset,
                           input_names=[t.name for t in spec.inputs],
