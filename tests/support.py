@@ -20,7 +20,7 @@ CALENDAR_LR = DATA / "vid4" / "calendar" / "LR_bicubic_matlab"
 MODEL_ATOL = 1e-4        # model output vs the original implementation (float32)
 FLOW_ATOL = 1e-5         # SpyNet flows vs the original
 DCN_ATOL = 1e-5          # deformable conv vs the plain-loop reference
-FP16_MIN_PSNR_DB = 40.0  # FP16 output vs FP32 (autocast on GPU; the torch backend's FP16)
+FP16_MIN_PSNR_DB = 40.0  # autocast FP16 output vs FP32 (GPU)
 
 
 def needs_shared(path: Path) -> pytest.MarkDecorator:

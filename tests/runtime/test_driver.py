@@ -6,7 +6,6 @@ import pytest
 import torch
 from support import (
     CALENDAR_LR,
-    FP16_MIN_PSNR_DB,
     ONNX_CLIP_ATOL,
     ONNX_MIN_PSNR_DB,
     REFERENCE,
@@ -60,27 +59,6 @@ def test_onnxruntime_on_real_frames_matches_pytorch(onnx_dir, model):
     db = psnr(np.clip(out, 0, 1), np.clip(expected, 0, 1))
     print(f"calendar crop, onnxruntime vs PyTorch: {db:.1f} dB")
     assert db >= ONNX_MIN_PSNR_DB
-
-
-def test_torch_backend_fp16_keeps_flows_fp32_and_stays_close(model):
-    """The GPU's mixed-precision path, run on the CPU: FP16 features, FP32 flows and output."""
-    ref = np.load(REFERENCE / "hirn_t6_64x64.npz")
-    runner = TorchRunner(model, "cpu", "fp16")
-    dtypes = {}
-    run = runner._run_impl
-
-    def recording(graph, inputs):
-        out = run(graph, inputs)
-        dtypes.setdefault(graph, out.dtype)
-        return out
-
-    runner._run_impl = recording
-    out = upscale_clip(runner, ref["lq"][0], batch_size=3)
-    assert dtypes["flow"] == dtypes["compose"] == dtypes["decode"] == torch.float32
-    assert dtypes["encode"] == dtypes["step_group"] == dtypes["step_forward"] == torch.float16
-    db = psnr(np.clip(out, 0, 1), np.clip(ref["out"][0], 0, 1))
-    print(f"torch backend FP16 (CPU) vs the original FP32: {db:.1f} dB")
-    assert db >= FP16_MIN_PSNR_DB
 
 
 def test_mirrored_clip_is_detected_and_gives_the_same_result():
