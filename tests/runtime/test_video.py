@@ -612,10 +612,11 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_run(tmp_path):
     process.wait(timeout=30)
     (name,) = leftovers(tmp_path)
     stale = tmp_path / name
-    live = video_writer.make_temp(tmp_path / "out.mp4", folder=False)  # our pid: alive
     other = tmp_path / stale.name.replace(".out.", ".other.")
-    stale.rename(other)
-    stale.write_bytes(b"")  # the same leftover again, next to another output's
+    other.write_bytes(b"")  # the same dead writer's leftover for another output
+    live = video_writer.make_temp(tmp_path / "out.mp4", folder=False)  # our pid: alive
+    assert not stale.exists()  # make_temp already swept it
+    stale.write_bytes(b"")  # and once more, for the sink below
     with open_sink(tmp_path / "out.mp4", width=64, height=48, fps=25) as sink:
         sink.write(np.zeros((48, 64, 3), np.uint8))
     assert not stale.exists() and live.exists() and other.exists()

@@ -123,7 +123,8 @@ class StampingModel:
         self.source_reads = source_reads
         self.fail_at, self.error = fail_at, error
 
-    def __call__(self, runner, frames: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    def __call__(self, runner, frames: np.ndarray, batch_size: int = 4,
+                 keep: slice = slice(None)) -> np.ndarray:
         if self.error is not None and len(self.calls) == self.fail_at:
             raise self.error
         self.calls.append(frames.shape)
@@ -131,7 +132,7 @@ class StampingModel:
             self.reads_at_call.append(len(self.source_reads))
         hr = frames.repeat(4, axis=2).repeat(4, axis=3)
         hr[:, :, :4, :4] = len(self.calls) / 255.0
-        return hr
+        return hr[keep]
 
 
 class CountingSource:
