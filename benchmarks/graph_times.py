@@ -2,7 +2,7 @@
 
     python benchmarks/graph_times.py [--repeats 3]
 
-Each graph runs on calendar-sized inputs (180x144 LR; batch 4 for the batchable graphs,
+Each graph runs on random calendar-sized inputs (180x144 LR; batch 4 for the batchable graphs,
 1 for the steps) in the torch backend and in onnxruntime for each DCN form, in one
 process; the median of ``--repeats`` runs after a warm-up. Also times the deformable
 convolution alone (HiRN's shape: 128 -> 64 channels, 16 offset groups). Writes
@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, write_results
 
-from hirn.export.graphs import FEATURE, FLOW, FRAME, graph_specs
-from hirn.export.onnx_export import ExportOptions, export_onnx
+from hirn.export.graphs import graph_specs
+from hirn.export.onnx_export import ExportOptions, export_onnx, sample_inputs
 from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.train import load_model
@@ -39,26 +38,11 @@ def _median_seconds(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _inputs(spec, frames: np.ndarray, batch: int, rng) -> list[np.ndarray]:
-    _, _, h, w = frames.shape
-    out = []
-    for tensor in spec.inputs:
-        if tensor.kind == FRAME:
-            out.append(frames[:batch])
-        elif tensor.kind == FLOW:
-            out.append(rng.normal(0, 2, (batch, 2, h, w)).astype(np.float32))
-        else:
-            assert tensor.kind == FEATURE
-            out.append(rng.normal(0, 1, (batch, tensor.channels, h, w)).astype(np.float32))
-    return out
-
-
 @click.command()
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--batch", default=4, show_default=True, help="frames per batchable graph")
 def main(repeats: int, batch: int) -> None:
-    rng = np.random.default_rng(0)
-    frames = load_frames(CALENDAR_LR, batch).transpose(0, 3, 1, 2).astype(np.float32) / 255
+    h, w = load_frames(CALENDAR_LR, 1).shape[1:3]
     model = load_model(REFERENCE_WEIGHTS)
     specs = graph_specs(model.mid_channels)
     torch_runner = TorchRunner(model)
@@ -70,15 +54,14 @@ def main(repeats: int, batch: int) -> None:
             export_onnx(None, folder, ExportOptions(dcn=dcn), model=model)
             runners[f"onnxruntime {dcn}"] = OnnxRuntimeRunner(folder)
         for spec in specs:
-            arrays = _inputs(spec, frames, rows[spec.name]["batch"], rng)
+            tensors = sample_inputs(spec, "fp32", batch, h, w)
             for name, runner in runners.items():
-                inputs = [torch.from_numpy(a) if name == "torch" else a for a in arrays]
+                inputs = list(tensors) if name == "torch" else [t.numpy() for t in tensors]
                 rows[spec.name][name] = _median_seconds(lambda r=runner, i=inputs, g=spec.name:
                                                         r.run(g, *i), repeats)
             print(rows[spec.name], flush=True)
 
     # the deformable convolution alone, as the aligned steps call it
-    h, w = frames.shape[2:]
     x = torch.randn(1, 128, h, w)
     offset = torch.randn(1, 2 * 16 * 9, h, w) * 3
     mask = torch.rand(1, 16 * 9, h, w)

@@ -50,13 +50,16 @@ class ExportOptions:
             raise ValueError(f"DeformConv needs opset >= {DEFAULT_OPSET}; got {self.opset}")
 
 
-def _sample_inputs(spec: GraphSpec, precision: str) -> tuple[torch.Tensor, ...]:
-    batch = 2 if spec.batchable else 1
+def sample_inputs(spec: GraphSpec, precision: str, batch: int = 2,
+                  height: int = SAMPLE_HEIGHT, width: int = SAMPLE_WIDTH
+                  ) -> tuple[torch.Tensor, ...]:
+    """Random inputs of one graph (``batch`` frames where the graph is batchable, else 1)."""
+    batch = batch if spec.batchable else 1
     generator = torch.Generator().manual_seed(0)
     tensors = []
     for t in spec.inputs:
         dtype = torch.float16 if t.dtype(precision) == "float16" else torch.float32
-        x = torch.rand(batch, t.channels, SAMPLE_HEIGHT, SAMPLE_WIDTH, generator=generator)
+        x = torch.rand(batch, t.channels, height, width, generator=generator)
         if t.kind == FLOW:
             x = (x - 0.5) * 4
         tensors.append(x.to(dtype))
@@ -131,7 +134,7 @@ def _export_graph(module: nn.Module, spec: GraphSpec, path: Path, options: Expor
         warnings.simplefilter("ignore", category=DeprecationWarning)
         # strided slices (the wavelet's 2x2 phases) stay Slice nodes: nothing to fold there
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(module, _sample_inputs(spec, options.precision), str(path),
+        torch.onnx.export(module, sample_inputs(spec, options.precision), str(path),
                           dynamo=False, opset_version=options.opset,
                           input_names=[t.name for t in spec.inputs],
                           output_names=[t.name for t in spec.outputs], dynamic_axes=axes,

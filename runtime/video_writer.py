@@ -393,7 +393,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
         return removed
     for sibling in siblings:
         match = pattern.match(sibling.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and not _alive(int(match.group(1))):  # our own pid is alive too
             _remove(sibling)
             removed.append(sibling)
     return removed
