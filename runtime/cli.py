@@ -75,6 +75,12 @@ def _device(ctx, param, value: str) -> str:
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]),
               help="torch backend: fp16 features, fp32 flows (CUDA) [default: fp32]; an "
                    "ONNX folder runs in the precision it was exported in")
+@click.option("--compile", "compile_steps", is_flag=True,
+              help="torch backend: compile the step modules with torch.compile (minutes "
+                   "of warm-up; for long videos on a GPU)")
+@click.option("--cuda-graphs", is_flag=True,
+              help="torch and tensorrt backends on CUDA: replay the steps from CUDA graphs "
+                   "(torch: implies --compile)")
 @click.option("--codec", type=click.Choice(CODECS),
               help="default: h264 for a video, png for a folder; ffv1 is lossless (.mkv)")
 @click.option("--crf", type=click.IntRange(0, 51),
@@ -97,12 +103,13 @@ def _device(ctx, param, value: str) -> str:
               help="demo only: length of the synthetic clip [default: 8]")
 @click.pass_context
 def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_dir,
-         engines_dir, backend, device, precision, codec, crf, window, overlap, batch_size,
-         threads, fps, overwrite, quiet, frames) -> None:
+         engines_dir, backend, device, precision, compile_steps, cuda_graphs, codec, crf,
+         window, overlap, batch_size, threads, fps, overwrite, quiet, frames) -> None:
     backend_config = BackendConfig(backend=backend, checkpoint=checkpoint, onnx_dir=onnx_dir,
                                    engines_dir=engines_dir, device=device,
                                    precision=precision, threads=threads,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, compile_steps=compile_steps,
+                                   cuda_graphs=cuda_graphs)
     run_config = RunConfig(window=window, overlap=overlap, codec=codec, crf=crf, fps=fps,
                            overwrite=overwrite, quiet=quiet)
     demo = str(input) == "demo"
@@ -167,6 +174,12 @@ def _resolve(config: BackendConfig) -> BackendConfig:
     from hirn.runtime.weights import infer_backend
 
     config = infer_backend(config)
+    if config.compile_steps and config.backend != "torch":
+        raise BackendError(f"--compile applies to the torch backend only (this run uses "
+                           f"{config.backend}): leave it out")
+    if config.cuda_graphs and config.backend == "onnxruntime":
+        raise BackendError("--cuda-graphs applies to the torch and tensorrt backends only: "
+                           "leave it out with --onnx")
     if config.backend == "onnxruntime" and config.precision and config.onnx_dir:
         from hirn.export.manifest import read_manifest
 

@@ -55,8 +55,6 @@ def build_runner(config: BackendConfig, *, untrained: bool = False) -> Runner:
     if config.checkpoint is None and not untrained:
         raise BackendError("no weights given: pass --checkpoint FILE (a .pth of HiRN), "
                            "--onnx DIR (from hirn-export onnx) or --engines DIR")
-    import torch
-
     from hirn.runtime.backends.torch_backend import TorchRunner
     from hirn.train import load_model
 
@@ -64,9 +62,7 @@ def build_runner(config: BackendConfig, *, untrained: bool = False) -> Runner:
         model = untrained_model()
     else:
         model = load_model(config.checkpoint, **checkpoint_config(config.checkpoint))
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    return TorchRunner(model, config.device, config.precision)
+    return TorchRunner.from_config(config, model)
 
 
 def infer_backend(config: BackendConfig) -> BackendConfig:

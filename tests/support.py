@@ -39,6 +39,8 @@ ONNX_MIN_PSNR_DB = 60.0  # whole real clip, onnxruntime vs PyTorch (float32)
 FP16_GRAPH_RTOL = 1e-2   # an FP16 graph vs the FP32 module, relative to the output's range
 EXACT_F64_ATOL = 1e-12   # two forms of one float64 computation (same weights, other order)
 FP16_UPSAMPLE_ATOL = 1e-2  # bicubic x2 in FP16 vs FP32, inputs of unit scale
+COMPILED_ATOL = 1e-4     # a torch.compile'd step module vs the eager one (CPU, float32)
+COMPILED_MIN_PSNR_DB = 60.0  # whole clip, compiled (+ CUDA graphs) runner vs eager (GPU)
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600):

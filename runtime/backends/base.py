@@ -35,7 +35,8 @@ class BackendConfig:
     precision: str = "fp32"               # fp32 | fp16 (torch; ONNX folders carry their own)
     threads: int | None = None            # CPU threads (None: the library's default)
     batch_size: int = 4                   # frames per call of the batchable graphs
-    cuda_graphs: bool = False             # tensorrt: replay step engines as CUDA graphs
+    cuda_graphs: bool = False             # torch, tensorrt: replay steps as CUDA graphs
+    compile_steps: bool = False           # torch: torch.compile the step modules
 
 
 class Runner(ABC):

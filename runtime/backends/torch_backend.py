@@ -1,4 +1,10 @@
-"""The ``torch`` backend: the model's own step modules, on CPU or CUDA, FP32 or FP16."""
+"""The ``torch`` backend: the model's own step modules, on CPU or CUDA, FP32 or FP16.
+
+``compile_steps`` runs every step module through ``torch.compile`` (Inductor);
+``cuda_graphs`` also replays them from CUDA graphs (``mode="reduce-overhead"``).
+Both are off by default: on the CPU, compiling costs minutes and gained nothing
+measurable (``benchmarks/torch_backend.py``).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ class TorchRunner(Runner):
 
     name = "torch"
 
-    def __init__(self, model: HiRN, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, model: HiRN, device: str = "cpu", precision: str = "fp32",
+                 compile_steps: bool = False, cuda_graphs: bool = False):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("--device cuda was asked but PyTorch sees no CUDA GPU "
                                f"(torch {torch.__version__}); use --device cpu")
@@ -29,6 +36,9 @@ class TorchRunner(Runner):
             raise BackendError(f"unknown precision {precision!r}; choose fp32 or fp16")
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendError("FP16 needs a CUDA device; use --precision fp32 on the CPU")
+        if cuda_graphs and not device.startswith("cuda"):
+            raise BackendError("CUDA graphs need --device cuda; leave --cuda-graphs out on "
+                               "the CPU")
         specs = graph_specs(model.mid_channels)
         super().__init__({s.name: [t.name for t in s.inputs] for s in specs}, model.mid_channels)
         self.device, self.precision = torch.device(device), precision
@@ -40,17 +50,29 @@ class TorchRunner(Runner):
             half.__dict__["_steps"] = None
             self.modules.update({k: v for k, v in half.steps.named().items()
                                  if k not in FP32_GRAPHS})
+        self.compiled, self.cuda_graphs = compile_steps or cuda_graphs, cuda_graphs
+        if self.compiled:
+            # Shapes are fixed per clip (a few batch sizes), so static shapes compile best.
+            mode = "reduce-overhead" if cuda_graphs else None
+            self.modules = {name: torch.compile(module, mode=mode, dynamic=False)
+                            for name, module in self.modules.items()}
 
     @classmethod
-    def from_config(cls, config: BackendConfig) -> TorchRunner:
-        model = load_model(config.checkpoint) if config.checkpoint else HiRN().eval()
+    def from_config(cls, config: BackendConfig, model: HiRN | None = None) -> TorchRunner:
+        """``model`` (already loaded) or else ``config.checkpoint``, run as ``config`` says."""
+        if model is None:
+            model = load_model(config.checkpoint) if config.checkpoint else HiRN().eval()
         if config.threads:
             torch.set_num_threads(config.threads)
-        return cls(model, config.device, config.precision)
+        return cls(model, config.device, config.precision, config.compile_steps,
+                   config.cuda_graphs)
 
     @torch.no_grad()
     def _run_impl(self, graph: str, inputs: Sequence):
-        return self.modules[graph](*inputs)
+        output = self.modules[graph](*inputs)
+        # A CUDA-graph replay reuses its output memory on the next call, while the
+        # recurrence keeps earlier features alive: keep a copy.
+        return output.clone() if self.cuda_graphs else output
 
     def from_numpy(self, frames: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device)
@@ -70,4 +92,6 @@ class TorchRunner(Runner):
         return list(array.split(1, dim=0))
 
     def describe(self) -> str:
-        return f"torch {torch.__version__} on {self.device} ({self.precision})"
+        extras = "".join([", compiled" if self.compiled else "",
+                          ", CUDA graphs" if self.cuda_graphs else ""])
+        return f"torch {torch.__version__} on {self.device} ({self.precision}{extras})"

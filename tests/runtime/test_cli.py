@@ -203,6 +203,9 @@ def small_input(tmp_path, media) -> Path:
     ("backend mismatch", "--backend torch does not run --onnx"),
     ("two weights", "--checkpoint and --onnx were both given"),
     ("fp16 on cpu", "FP16 needs a CUDA device"),
+    ("compile with onnx", "--compile applies to the torch backend only"),
+    ("cuda graphs with onnx", "--cuda-graphs applies to the torch and tensorrt backends"),
+    ("cuda graphs on cpu", "CUDA graphs need --device cuda"),
     ("cuda without gpu", "PyTorch sees no CUDA GPU")])
 def test_missing_or_mismatched_weights(case, message, small_input, tmp_path, tiny_checkpoint):
     if case == "cuda without gpu" and torch.cuda.is_available():
@@ -216,6 +219,9 @@ def test_missing_or_mismatched_weights(case, message, small_input, tmp_path, tin
                "backend mismatch": ["--backend", "torch", "--onnx", tmp_path / "empty"],
                "two weights": ["--checkpoint", tiny_checkpoint, "--onnx", tmp_path / "empty"],
                "fp16 on cpu": ["--checkpoint", tiny_checkpoint, "--precision", "fp16"],
+               "compile with onnx": ["--onnx", tmp_path / "empty", "--compile"],
+               "cuda graphs with onnx": ["--onnx", tmp_path / "empty", "--cuda-graphs"],
+               "cuda graphs on cpu": ["--checkpoint", tiny_checkpoint, "--cuda-graphs"],
                "cuda without gpu": ["--checkpoint", tiny_checkpoint, "--device", "cuda"]}[case]
     (tmp_path / "bad.pth").write_bytes(b"\x80\x02garbage")
     torch.save({"params": {"conv.weight": torch.zeros(3, 3)}}, tmp_path / "other.pth")
