@@ -52,6 +52,7 @@ class TorchRunner(Runner):
                                  if k not in FP32_GRAPHS})
         self.compiled, self.cuda_graphs = compile_steps or cuda_graphs, cuda_graphs
         if self.compiled:
+            _raise_recompile_limit(64)
             # Shapes are fixed per clip (a few batch sizes), so static shapes compile best.
             mode = "reduce-overhead" if cuda_graphs else None
             self.modules = {name: torch.compile(module, mode=mode, dynamic=False)
@@ -95,3 +96,12 @@ class TorchRunner(Runner):
         extras = "".join([", compiled" if self.compiled else "",
                           ", CUDA graphs" if self.cuda_graphs else ""])
         return f"torch {torch.__version__} on {self.device} ({self.precision}{extras})"
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """The six propagation steps share one ``forward``, and compiled variants are counted per
+    function (8 by default), so a few frame sizes or precisions would exhaust it and fall
+    back to eager without an error: allow more."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))

@@ -55,6 +55,9 @@ def test_cuda_graphs_on_the_cpu_is_a_clear_error():
 def test_config_carries_the_options_to_the_runner():
     runner = TorchRunner.from_config(BackendConfig(backend="torch", compile_steps=True))
     assert runner.compiled and not runner.cuda_graphs
+    # six propagation steps share one forward: the per-function limit must leave room
+    config = torch._dynamo.config
+    assert getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 0)) >= 64
 
 
 @pytest.mark.gpu
