@@ -27,6 +27,17 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture
+def exact_fp32():
+    """FP32 on CUDA without TF32 (PyTorch's default runs convolutions in TF32), restored after."""
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.fixture(scope="session")
 def reference_graphs(tmp_path_factory):
     """``get(dcn)``: the reference weights exported by ``hirn-export onnx``, once per form."""

@@ -40,13 +40,9 @@ def kernel():
         pytest.skip(f"the kernel library could not be built here: {exc}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def exact_fp32_references():
+@pytest.fixture(autouse=True)
+def exact_fp32_references(exact_fp32):
     """FP32 references must not run their matrix products in TF32."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _torchvision():

@@ -63,7 +63,7 @@ def test_config_carries_the_options_to_the_runner():
 @pytest.mark.gpu
 @needs_shared(REFERENCE_WEIGHTS)
 @needs_shared(CALENDAR_LR)
-def test_fp16_runner_on_cuda_keeps_close_to_fp32():
+def test_fp16_runner_on_cuda_keeps_close_to_fp32(exact_fp32):
     """FP16 features with FP32 flows: real frames, reference weights, against FP32 on CUDA."""
     model = load_model(REFERENCE_WEIGHTS)
     clip = _calendar_crop()
@@ -79,7 +79,7 @@ def test_fp16_runner_on_cuda_keeps_close_to_fp32():
 @needs_shared(REFERENCE_WEIGHTS)
 @needs_shared(CALENDAR_LR)
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["compiled", "cuda-graphs"])
-def test_compiled_runner_on_cuda_matches_eager(cuda_graphs):
+def test_compiled_runner_on_cuda_matches_eager(cuda_graphs, exact_fp32):
     """Whole clip, twice (the second run replays what the first compiled or captured)."""
     model = load_model(REFERENCE_WEIGHTS)
     clip = _calendar_crop()

@@ -51,9 +51,7 @@ def test_cpu_float32_matches_original(model, case):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES)
-def test_cuda_float32_matches_original(case):
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_cuda_float32_matches_original(case, exact_fp32):
     _check_case(load_model(REFERENCE_WEIGHTS, map_location="cuda"), case, "cuda")
 
 
