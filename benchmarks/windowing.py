@@ -121,8 +121,8 @@ def _stand_in_run(video: Path, out: Path) -> None:
     from hirn.runtime.pipeline import RunConfig, open_output, upscale
     from hirn.runtime.video import open_source
 
-    pipeline.upscale_clip = lambda runner, frames, batch_size=4: (
-        frames.repeat(4, axis=2).repeat(4, axis=3))
+    pipeline.upscale_clip = lambda runner, frames, batch_size=4, keep=slice(None): (
+        frames[keep].repeat(4, axis=2).repeat(4, axis=3))
     source, config = open_source(video), RunConfig(overwrite=True)
     with open_output(source, out, config) as sink:
         upscale(source, sink, None, config)
