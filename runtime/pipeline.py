@@ -29,6 +29,7 @@ import numpy as np
 
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import upscale_clip
+from hirn.runtime.memory import check_window_fits
 from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_uint8
 from hirn.runtime.progress import info, note, progress_bar, summary
 from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
@@ -93,6 +94,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     shown = set(source.notes)
     with open_output(source, output, config) as sink:
         runner = get_runner()
+        check_window_fits(runner, source.height, source.width, config.window, config.overlap,
+                          GOP_FRAMES, source.frame_count)
         with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
             stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar)
     for text in source.notes + sink.notes:
