@@ -28,7 +28,8 @@ class WindowMemoryError(MediaError):
 
 def window_bytes(runner: Runner, frames: int, height: int, width: int) -> int:
     """What the driver holds at least for a window of ``frames`` LR frames of this size
-    (padded): LR frames, spatial and branch features, and the flows the plan reads."""
+    (padded): LR frames, spatial and branch features, and the flows the plan reads (a
+    mirrored clip shares half of its flows: 2 channels of the ~260 held per pixel)."""
     h, w = padded_size(height, width)
     plan = make_plan(frames)
     # bytes of one pixel, times the pixels (allocating whole maps here would cost gigabytes)
@@ -46,7 +47,9 @@ def available_bytes(runner: Runner) -> int | None:
     if getattr(device, "type", None) == "cuda":
         import torch
 
-        return torch.cuda.mem_get_info(device)[0]
+        # PyTorch's cache (an earlier video's windows) is free to this run too
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     return host_available_bytes()
 
 
