@@ -44,10 +44,11 @@ frames on either side as context (and at least 16 frames in all, the length of
 HiRN's groups). Memory is bounded by the window, not by the length of the video:
 the published model keeps about 1.5 KiB per LR pixel for each frame a window
 reads (2.6 GiB for the default {DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames at 320x180, 19 GiB at
-720x576). A window whose features alone exceed the free memory (of the GPU, or of
-this machine) is refused before any work, with the --window that fits. With the
-defaults the output stays within about one 8-bit level of processing the whole clip
-at once (74 dB PSNR on a Vid4 calendar crop; benchmarks/results/windowing.md).
+720x576). A window whose held features and decode batch alone exceed the free
+memory (of the GPU, or of this machine) is refused before any work, with the
+--batch-size or --window that fits. With the defaults the output stays within
+about one 8-bit level of processing the whole clip at once (74 dB PSNR on a Vid4
+calendar crop; benchmarks/results/windowing.md).
 """
 
 

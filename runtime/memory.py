@@ -1,11 +1,13 @@
-"""Refuse, before any work, windows whose features cannot fit in the device's memory.
+"""Refuse, before any work, windows that cannot fit in the device's memory.
 
 A window holds every frame's four feature maps, its flows and its LR frame until the
-window is decoded. That much is known exactly from the plan and the backend's dtypes, so it
-is a lower bound of what a window needs (the graphs' own working memory comes on top).
-When even that exceeds the free memory, the run would end in an out-of-memory error
-after minutes of work (CUDA), or the kernel would kill it without a word (Linux, CPU):
-say so at once, with the largest ``--window`` that fits.
+window is decoded, and the decode graph holds at least two 64-channel maps at the output
+resolution for each frame of its batch. Those are known exactly from the plan, the
+backend's dtypes and the batch size, so together they are a lower bound of what a window
+needs (``benchmarks/results/window_memory.md`` compares it with measured memory). When even
+that exceeds the free memory, the run would end in an out-of-memory error after minutes of
+work (CUDA), or the kernel would kill it without a word (Linux, CPU): say so at once, with
+the batch size or window that fits.
 """
 
 from __future__ import annotations
@@ -15,29 +17,33 @@ from pathlib import Path
 
 from hirn.runtime.backends import Runner
 from hirn.runtime.errors import MediaError
-from hirn.runtime.padding import padded_size
+from hirn.runtime.padding import SCALE, padded_size
 from hirn.runtime.schedule import make_plan
 from hirn.runtime.windows import effective_overlap
 
 _GIB = 2**30
+_HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
 
 
 class WindowMemoryError(MediaError):
     """A window of the requested size cannot fit in the memory this run has."""
 
 
-def window_bytes(runner: Runner, frames: int, height: int, width: int) -> int:
-    """What the driver holds at least for a window of ``frames`` LR frames of this size
-    (padded): LR frames, spatial and branch features, and the flows the plan reads (a
-    mirrored clip shares half of its flows: 2 channels of the ~260 held per pixel)."""
+def window_bytes(runner: Runner, frames: int, height: int, width: int,
+                 batch_size: int = 1) -> int:
+    """What a window of ``frames`` LR frames of this size (padded) needs at least: LR
+    frames, spatial and branch features, the flows the plan reads (a mirrored clip shares
+    half of them: 2 channels of the ~260 held per pixel), and the decode of one batch."""
     h, w = padded_size(height, width)
     plan = make_plan(frames)
-    # bytes of one pixel, times the pixels (allocating whole maps here would cost gigabytes)
-    feature = _nbytes(runner.zeros("feature", 1, 1, 1)) * h * w
+    # bytes of one value, times the pixels (allocating whole maps here would cost gigabytes)
+    feature = _nbytes(runner.zeros("feature", 1, 1, 1)) // runner.mid_channels
     flow = _nbytes(runner.zeros("flow", 1, 1, 1)) * h * w
+    feature_map = feature * runner.mid_channels * h * w
     lq = 3 * h * w * 4  # float32 frames on the device
-    return (frames * (lq + feature) + len(plan.computed()) * feature
-            + len(plan.flows()) * flow)
+    decode = min(batch_size, frames) * 2 * _HR_CHANNELS * SCALE**2 * h * w * feature
+    return (frames * (lq + feature_map) + len(plan.computed()) * feature_map
+            + len(plan.flows()) * flow + decode)
 
 
 def available_bytes(runner: Runner) -> int | None:
@@ -80,9 +86,12 @@ def frames_read(window: int, overlap: int, min_frames: int, frame_count: int | N
 
 
 def check_window_fits(runner: Runner, height: int, width: int, window: int, overlap: int,
-                      min_frames: int, frame_count: int | None,
+                      batch_size: int, min_frames: int, frame_count: int | None,
                       available: int | None = None) -> None:
     """Raise :class:`WindowMemoryError` when the largest window cannot fit in memory.
+
+    The advice prefers what leaves the output unchanged (a smaller ``--batch-size``), then
+    shorter windows, then no overlap.
 
     Args:
         available: free bytes (None: read them from the runner's device).
@@ -91,26 +100,31 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
     if available is None:
         return
 
-    def need(w: int, ov: int = overlap) -> int:
-        return window_bytes(runner, frames_read(w, ov, min_frames, frame_count), height, width)
+    def fits(w: int, ov: int, batch: int) -> bool:
+        frames = frames_read(w, ov, min_frames, frame_count)
+        return window_bytes(runner, frames, height, width, batch) <= available
 
-    needed = need(window)
-    if needed <= available:
+    if fits(window, overlap, batch_size):
         return
-    where = (f"{width}x{height} frames need at least {needed / _GIB:.1f} GiB, "
-             f"{available / _GIB:.1f} GiB is free")
-    asked = f"windows of {window} + 2 x {overlap} frames do not fit in memory ({where})"
-    shorter = next((w for w in range(window - 1, 0, -1) if need(w) <= available), None)
-    if shorter is not None:
-        raise WindowMemoryError(f"{asked}: use --window {shorter} or less; nothing was written")
-    no_context = next((w for w in range(window, 0, -1) if need(w, 0) <= available), None)
-    if overlap and no_context is not None:
-        raise WindowMemoryError(f"{asked}: use --window {no_context} --overlap 0 or less; "
-                                f"nothing was written")
+    needed = window_bytes(runner, frames_read(window, overlap, min_frames, frame_count),
+                          height, width, batch_size)
+    asked = (f"windows of {window} + 2 x {overlap} frames, decoded {batch_size} at a time, "
+             f"do not fit in memory ({width}x{height} frames need at least "
+             f"{needed / _GIB:.1f} GiB, {available / _GIB:.1f} GiB is free)")
+    advice = next((f"--batch-size {b}" for b in range(batch_size - 1, 0, -1)
+                   if fits(window, overlap, b)), None)
+    advice = advice or next((f"--batch-size 1 --window {w}" for w in range(window - 1, 0, -1)
+                             if fits(w, overlap, 1)), None)
+    if advice is None and overlap:
+        advice = next((f"--batch-size 1 --window {w} --overlap 0"
+                       for w in range(window, 0, -1) if fits(w, 0, 1)), None)
+    if advice is not None:
+        raise WindowMemoryError(f"{asked}: use {advice}; nothing was written")
+    shortest = min(min_frames, frame_count or min_frames)
     raise WindowMemoryError(
-        f"{asked}, and even the shortest window ({min(min_frames, frame_count or min_frames)} "
-        f"frames, what HiRN's groups need) does not: use a machine or GPU with more memory, "
-        f"FP16 on a GPU (--precision fp16), or a smaller input; nothing was written")
+        f"{asked}, and even the shortest window ({shortest} frames, what HiRN's groups "
+        f"need) does not: use a machine or GPU with more memory, FP16 on a GPU "
+        f"(--precision fp16), or a smaller input; nothing was written")
 
 
 def _nbytes(array) -> int:

@@ -95,7 +95,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     with open_output(source, output, config) as sink:
         runner = get_runner()
         check_window_fits(runner, source.height, source.width, config.window, config.overlap,
-                          GOP_FRAMES, source.frame_count)
+                          batch_size, GOP_FRAMES, source.frame_count)
         with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
             stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar)
     for text in source.notes + sink.notes:
