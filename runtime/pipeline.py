@@ -38,7 +38,8 @@ from hirn.runtime.windows import GOP_FRAMES, check_window, iter_windows
 # Chosen from benchmarks/windowing.py (results/windowing.md): on a Vid4 calendar crop, 24 + 2 x 4
 # stays within 1.1 8-bit levels of whole-clip processing (74.4 dB; 70.5 dB for 16 + 2 x 4,
 # 72.5 dB for 32 + 2 x 4) for 1.2x the computation, and 32-frame windows keep the memory
-# of the published model near 2.6 GiB at 320x180 (about 1.5 KiB per LR pixel and frame).
+# of the published model near 2.6 GiB at 320x180 (1.5-1.6 KiB per LR pixel and frame,
+# benchmarks/results/window_memory.md).
 DEFAULT_WINDOW = 24
 DEFAULT_OVERLAP = 4
 _POLL = 0.1  # seconds between checks of the other thread while waiting on a queue
