@@ -19,7 +19,7 @@ from hirn.runtime.backends import Runner
 from hirn.runtime.errors import MediaError
 from hirn.runtime.padding import SCALE, padded_size
 from hirn.runtime.schedule import make_plan
-from hirn.runtime.windows import effective_overlap
+from hirn.runtime.windows import max_frames_read
 
 _GIB = 2**30
 _HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
@@ -36,12 +36,12 @@ def window_bytes(runner: Runner, frames: int, height: int, width: int,
     half of them: 2 channels of the ~260 held per pixel), and the decode of one batch."""
     h, w = padded_size(height, width)
     plan = make_plan(frames)
-    # bytes of one value, times the pixels (allocating whole maps here would cost gigabytes)
-    feature = _nbytes(runner.zeros("feature", 1, 1, 1)) // runner.mid_channels
-    flow = _nbytes(runner.zeros("flow", 1, 1, 1)) * h * w
-    feature_map = feature * runner.mid_channels * h * w
+    # one pixel's bytes, times the pixels (allocating whole maps here would cost gigabytes)
+    feature_map = runner.zeros("feature", 1, 1, 1).nbytes * h * w
+    flow = runner.zeros("flow", 1, 1, 1).nbytes * h * w
     lq = 3 * h * w * 4  # float32 frames on the device
-    decode = min(batch_size, frames) * 2 * _HR_CHANNELS * SCALE**2 * h * w * feature
+    hr_map = feature_map // runner.mid_channels * _HR_CHANNELS * SCALE**2
+    decode = min(batch_size, frames) * 2 * hr_map
     return (frames * (lq + feature_map) + len(plan.computed()) * feature_map
             + len(plan.flows()) * flow + decode)
 
@@ -80,8 +80,8 @@ def host_available_bytes() -> int | None:
 
 
 def frames_read(window: int, overlap: int, min_frames: int, frame_count: int | None) -> int:
-    """The most frames one window reads (see :func:`hirn.runtime.windows.iter_windows`)."""
-    most = max(window + 2 * effective_overlap(window, overlap, min_frames), min_frames)
+    """The most frames one window reads, in a video of ``frame_count`` frames if known."""
+    most = max_frames_read(window, overlap, min_frames)
     return min(most, frame_count) if frame_count else most
 
 
@@ -100,14 +100,16 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
     if available is None:
         return
 
-    def fits(w: int, ov: int, batch: int) -> bool:
-        frames = frames_read(w, ov, min_frames, frame_count)
-        return window_bytes(runner, frames, height, width, batch) <= available
+    def need(w: int, ov: int, batch: int) -> int:
+        return window_bytes(runner, frames_read(w, ov, min_frames, frame_count), height,
+                            width, batch)
 
-    if fits(window, overlap, batch_size):
+    def fits(w: int, ov: int, batch: int) -> bool:
+        return need(w, ov, batch) <= available
+
+    needed = need(window, overlap, batch_size)
+    if needed <= available:
         return
-    needed = window_bytes(runner, frames_read(window, overlap, min_frames, frame_count),
-                          height, width, batch_size)
     asked = (f"windows of {window} + 2 x {overlap} frames, decoded {batch_size} at a time, "
              f"do not fit in memory ({width}x{height} frames need at least "
              f"{needed / _GIB:.1f} GiB, {available / _GIB:.1f} GiB is free)")
@@ -126,9 +128,3 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
         f"need) does not: use a machine or GPU with more memory, FP16 on a GPU "
         f"(--precision fp16), or a smaller input; nothing was written")
 
-
-def _nbytes(array) -> int:
-    """Bytes of a numpy array, torch tensor or onnxruntime OrtValue."""
-    if hasattr(array, "nbytes"):
-        return int(array.nbytes)
-    return int(array.numpy().nbytes)  # an OrtValue on the CPU

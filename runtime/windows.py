@@ -62,6 +62,11 @@ def effective_overlap(window: int, overlap: int, min_frames: int = 1) -> int:
     return max(overlap, -(-(min_frames - window) // 2))
 
 
+def max_frames_read(window: int, overlap: int, min_frames: int = 1) -> int:
+    """The most frames one window of :func:`iter_windows` reads, whatever the video."""
+    return max(window + 2 * effective_overlap(window, overlap, min_frames), min_frames)
+
+
 def iter_windows(frames: Iterable[T], window: int, overlap: int, min_frames: int = 1
                  ) -> Iterator[tuple[Window, list[T]]]:
     """Cut a stream of frames into windows, reading each frame once, as late as possible.
