@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import conv3x3, lrelu
+from .imresize import cubic
 
 
 class TemporalAttention(nn.Module):
@@ -45,11 +47,7 @@ _CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic kernel
 
 def _cubic_weights(t: float) -> list[float]:
     """Keys' cubic weights of the 4 taps around a sample at fraction ``t`` past the 2nd."""
-    a = _CUBIC_A
-    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
-    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
-    w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
-    return [w0, w1, w2, 1 - w0 - w1 - w2]
+    return cubic(np.array([t + 1, t, 1 - t, 2 - t]), _CUBIC_A).tolist()
 
 
 def _phase_kernels() -> Tensor:

@@ -20,12 +20,14 @@ from .errors import InputError
 KERNEL_WIDTH = 4.0  # support of the cubic kernel, in input pixels at scale 1
 
 
-def cubic(x: np.ndarray) -> np.ndarray:
-    """Keys' cubic convolution kernel with a = -0.5 (MATLAB's ``cubic``)."""
+def cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic convolution kernel; a = -0.5 is MATLAB's ``cubic``, -0.75 PyTorch's and
+    OpenCV's bicubic. (With a = -0.5 every coefficient is exact, so MATLAB's values stay
+    bit for bit.)"""
     ax = np.abs(x)
     ax2, ax3 = ax**2, ax**3
-    return ((1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
-            + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+    return (((a + 2) * ax3 - (a + 3) * ax2 + 1) * (ax <= 1)
+            + (a * ax3 - 5 * a * ax2 + 8 * a * ax - 4 * a) * ((ax > 1) & (ax <= 2)))
 
 
 def contributions(in_length: int, out_length: int, scale: float,
