@@ -29,6 +29,17 @@ def needs_shared(path: Path) -> pytest.MarkDecorator:
                               reason=f"{path} is absent (the ../shared checkout is needed)")
 
 
+def calendar_crop(frames: int, top: int, left: int, height: int, width: int):
+    """The first ``frames`` Vid4 calendar LR frames, cropped: ``[T, 3, H, W]`` float32 RGB."""
+    import cv2
+    import numpy as np
+
+    paths = sorted(CALENDAR_LR.glob("*.png"))[:frames]
+    rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
+    crop = rgb[:, top:top + height, left:left + width]
+    return crop.transpose(0, 3, 1, 2).astype(np.float32) / 255
+
+
 def psnr(a, b, peak: float = 1.0) -> float:
     """PSNR in dB of two float arrays/tensors; inf when equal."""
     mse = float(((a - b) ** 2).mean())

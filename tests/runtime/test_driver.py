@@ -1,6 +1,5 @@
 """The runtime driver: whole clips through each backend equal the model."""
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +9,7 @@ from support import (
     ONNX_MIN_PSNR_DB,
     REFERENCE,
     REFERENCE_WEIGHTS,
+    calendar_crop,
     needs_shared,
     psnr,
 )
@@ -50,9 +50,7 @@ def test_torch_backend_clip_matches_original(model):
 @needs_shared(CALENDAR_LR)
 def test_onnxruntime_on_real_frames_matches_pytorch(onnx_dir, model):
     """Calendar LR frames (a 64x64 crop of the first 8: GOP 7 with its uncomputed frame)."""
-    paths = sorted(CALENDAR_LR.glob("*.png"))[:8]
-    frames = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
-    clip = frames[:, 40:104, 60:124].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    clip = calendar_crop(8, top=40, left=60, height=64, width=64)
     with torch.no_grad():
         expected = model(torch.from_numpy(clip)[None])[0].numpy()
     out = upscale_clip(OnnxRuntimeRunner(onnx_dir), clip, batch_size=4)

@@ -1,6 +1,5 @@
 """The torch backend's options: FP16 on CUDA, torch.compile and CUDA graphs."""
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +9,7 @@ from support import (
     COMPILED_MIN_PSNR_DB,
     FP16_MIN_PSNR_DB,
     REFERENCE_WEIGHTS,
+    calendar_crop,
     needs_shared,
     psnr,
 )
@@ -27,9 +27,7 @@ def _tiny_model(seed: int = 5) -> HiRN:
 
 def _calendar_crop(frames: int = 8) -> np.ndarray:
     """The first LR calendar frames, a 64x96 crop, ``[T, 3, H, W]`` float32."""
-    paths = sorted(CALENDAR_LR.glob("*.png"))[:frames]
-    rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
-    return rgb[:, 40:104, 40:136].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    return calendar_crop(frames, top=40, left=40, height=64, width=96)
 
 
 def test_compiled_step_module_equals_the_eager_one():
