@@ -20,7 +20,7 @@ import click
 import torch
 from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, write_results
 
-from hirn.export.graphs import graph_specs
+from hirn.core.graphs import graph_specs
 from hirn.export.onnx_export import ExportOptions, export_onnx, sample_inputs
 from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
 from hirn.runtime.backends.torch_backend import TorchRunner

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hirn.train.errors import HirnError
+from hirn.core.errors import HirnError
 
 
 def _fail(exc: Exception) -> click.ClickException:

@@ -1,7 +1,7 @@
 """``hirn-export compare``: every engine against ONNX Runtime on the same inputs (Polygraphy).
 
 For each graph, Polygraphy's ``Comparator`` runs an ``OnnxrtRunner`` (CPU; ``--dcn plugin``
-graphs through :mod:`hirn.runtime.backends.plugin_ops`) and a ``TrtRunner`` over the built
+graphs through :mod:`hirn.export.plugin_ops`) and a ``TrtRunner`` over the built
 engine on one generated input set, and this module reports the largest absolute error and
 that error relative to the reference's largest magnitude. A graph passes when
 ``max_abs <= atol + rtol * max|reference|``.
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import EngineBuildError, import_tensorrt, load_plugin_library
-from .engine_cache import PLUGIN_LIBRARY_NAME, ProfileError, check_shape, verify_engine_folder
+from hirn.core.errors import EngineBuildError, ProfileError
+
+from .engine import import_tensorrt, load_plugin_library
+from .engine_cache import PLUGIN_LIBRARY_NAME, check_shape, verify_engine_folder
 from .manifest import verify_folder
 
 # (atol, rtol) per precision. FP32 engines run without TF32; FP16 engines hold FP16 features.
@@ -115,7 +117,7 @@ def onnxruntime_runner(onnx_dir: Path, graph: str, name: str = "onnxruntime"):
         options = ort.SessionOptions()
         source = str(path)
         if manifest["dcn"] == "plugin":
-            from hirn.runtime.backends.plugin_ops import cpu_model_bytes, register_cpu_op
+            from hirn.export.plugin_ops import cpu_model_bytes, register_cpu_op
 
             register_cpu_op(options)
             source = cpu_model_bytes(path)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import onnx
 
-from hirn.train.errors import HirnError
+from hirn.core.constants import FP32_GRAPHS, MIN_SIZE, SIZE_MULTIPLE
+from hirn.core.errors import EngineBuildError, EngineFolderError
 
 from .engine_cache import (
     ENGINES_NAME,
@@ -40,7 +41,6 @@ from .engine_cache import (
     PLUGIN_LIBRARY_NAME,
     TENSORRT_HINT,
     TIMING_CACHE_NAME,
-    EngineFolderError,
     atomic_file,
     current_gpu,
     engine_file_name,
@@ -51,12 +51,7 @@ from .engine_cache import (
 )
 from .manifest import sha256_of, verify_folder
 
-FLOW_GRAPHS = ("flow", "compose")  # FP32 end to end in every precision
 BUILD_RECIPE = 1  # bump when this module changes what an engine holds (part of the key)
-
-
-class EngineBuildError(HirnError):
-    """Options, graphs or a machine that an engine build cannot use; TensorRT missing."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def resolve_options(options: EngineOptions, onnx_manifest: dict) -> EngineOptions:
     """Check ``options`` against each other and the ONNX folder; fill precision and dcn."""
     model = onnx_manifest["model"]
-    least, multiple = model.get("min_size", 64), model.get("size_multiple", 2)
+    least, multiple = model.get("min_size", MIN_SIZE), model.get("size_multiple", SIZE_MULTIPLE)
     sizes = {"min": options.min_size, "opt": options.opt_size, "max": options.max_size}
     for label, (h, w) in sizes.items():
         if h < least or w < least or h % multiple or w % multiple:
@@ -189,7 +184,7 @@ def fp32_flow_math(model: onnx.ModelProto, graph: str) -> list[str]:
     fp16 = onnx.TensorProto.FLOAT16
     pinned = []
     for node in model.graph.node:
-        if graph in FLOW_GRAPHS:
+        if graph in FP32_GRAPHS:
             bad = [t for t in (*node.input, *node.output) if types.get(t) == fp16]
         elif node.op_type == "GridSample":
             bad = [t for t in node.input[1:2] if types.get(t) != onnx.TensorProto.FLOAT]

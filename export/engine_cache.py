@@ -16,7 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from hirn.train.errors import HirnError
+from hirn.core.errors import EngineFolderError, ProfileError
 
 from .manifest import sha256_of
 
@@ -26,15 +26,6 @@ FORMAT_VERSION = 1
 TIMING_CACHE_NAME = "timing.cache"
 PLUGIN_LIBRARY_NAME = "libhirn_plugins.so"  # the plugin library, copied beside the engines
 TENSORRT_HINT = "pip install tensorrt, on a machine with an NVIDIA GPU and a recent driver"
-
-
-class EngineFolderError(HirnError):
-    """An engine folder that is missing, incomplete, altered, or built for another
-    TensorRT version or GPU."""
-
-
-class ProfileError(HirnError, ValueError):
-    """A frame size or batch outside the optimization profile the engines were built for."""
 
 
 @contextmanager

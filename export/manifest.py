@@ -8,15 +8,11 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from hirn.train.errors import HirnError
+from hirn.core.errors import ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "hirn-onnx-graphs"
 FORMAT_VERSION = 1
-
-
-class ModelFolderError(HirnError):
-    """An exported folder that is missing, incomplete, altered or of another version."""
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

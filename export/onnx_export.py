@@ -14,18 +14,13 @@ import onnx
 import torch
 from torch import nn
 
+from hirn.core.constants import FP32_GRAPHS, MIN_SIZE, PRECISIONS, SCALE, SIZE_MULTIPLE
+from hirn.core.errors import ModelFolderError
+from hirn.core.graphs import FLOW, FRAME, OUTPUT, GraphSpec, graph_specs
 from hirn.train import HiRN, load_model
 from hirn.train.deform_conv import EXPORT_FORMS, PLUGIN_DOMAIN, export_form
 
-from .graphs import FLOW, FRAME, OUTPUT, PRECISIONS, GraphSpec, graph_specs
-from .manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    ModelFolderError,
-    sha256_of,
-    tool_versions,
-    write_manifest,
-)
+from .manifest import FORMAT, FORMAT_VERSION, sha256_of, tool_versions, write_manifest
 
 DEFAULT_OPSET = 19  # the first with the standard DeformConv operator
 # Graphs traced at a size unlike any special case (non-square, not a multiple of 32).
@@ -73,7 +68,7 @@ def _graph_modules(model: HiRN, precision: str) -> dict[str, nn.Module]:
         half = copy.deepcopy(model).half()
         half.__dict__["_steps"] = None
         for name, module in half.steps.named().items():
-            if name not in ("flow", "compose"):
+            if name not in FP32_GRAPHS:
                 modules[name] = module
     return modules
 
@@ -190,8 +185,9 @@ def export_onnx(checkpoint: str | Path | None, output: str | Path,
             entries[spec.name] = entry
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model": {"architecture": "HiRN", "scale": 4, "mid_channels": model.mid_channels,
-                      "num_blocks": model.num_blocks, "min_size": 64, "size_multiple": 2},
+            "model": {"architecture": "HiRN", "scale": SCALE, "mid_channels": model.mid_channels,
+                      "num_blocks": model.num_blocks, "min_size": MIN_SIZE,
+                      "size_multiple": SIZE_MULTIPLE},
             "precision": options.precision, "dcn": options.dcn, "opset": options.opset,
             "custom_domains": [PLUGIN_DOMAIN] if options.dcn == "plugin" else [],
             "tensor_kinds": {FRAME: "RGB in [0, 1], float32", FLOW: "pixels (x, y), float32",

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from hirn.plugins.errors import KernelBuildError, KernelInputError, KernelRuntimeError
+from hirn.core.errors import KernelBuildError, KernelInputError, KernelRuntimeError
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
 SOURCES = ("deform_conv.cu", "deform_conv.cuh", "deform_conv.h")

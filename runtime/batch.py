@@ -17,16 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hirn.core.errors import BatchError, HirnError
 from hirn.runtime.video_reader import IMAGE_SUFFIXES, natural_key
 from hirn.runtime.video_writer import VIDEO_FORMATS
-from hirn.train.errors import HirnError
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts",
                   ".m2ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m", ".mxf", ".vob")
-
-
-class BatchError(HirnError):
-    """A batch folder that cannot be processed as asked, or files of it that failed."""
 
 
 @dataclass(frozen=True)

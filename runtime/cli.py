@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from hirn.runtime.backends.base import BACKENDS, BackendConfig, BackendError
+from hirn.core.errors import BackendError, HirnError
+from hirn.runtime.backends.base import BACKENDS, BackendConfig
 from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig
 from hirn.runtime.video_writer import CODECS, DEFAULT_CRF
-from hirn.train.errors import HirnError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
@@ -196,7 +196,8 @@ def _resolve(config: BackendConfig) -> BackendConfig:
 
 def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -> None:
     """One input, or a batch folder shared out among torchrun's processes."""
-    from hirn.runtime.batch import BatchError, Shard, is_batch, run_batch
+    from hirn.core.errors import BatchError
+    from hirn.runtime.batch import Shard, is_batch, run_batch
     from hirn.runtime.pipeline import upscale_file
     from hirn.runtime.progress import info
 

@@ -6,9 +6,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from hirn.core.constants import SCALE
+from hirn.core.graphs import step_graph_name
+from hirn.core.recurrence import walk
+from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
+
 from .backends.base import Runner
-from .recurrence import walk
-from .schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -61,12 +64,12 @@ def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
                                          for refs in per_frame]))
         outputs.append(runner.to_numpy(runner.run("decode", *inputs)))
     if not outputs:
-        return np.zeros((0, 3, 4 * h, 4 * w), np.float32)
+        return np.zeros((0, 3, SCALE * h, SCALE * w), np.float32)
     return np.concatenate(outputs, axis=0)
 
 
 def _graph_of(step) -> str:
-    return f"step_{step.branch}" if step.aligned else f"step_{step.branch}_first"
+    return step_graph_name(step.branch, step.aligned)
 
 
 def _compute_flows(runner: Runner, lq: list, needed: tuple[FlowRef, ...], mirror: bool,

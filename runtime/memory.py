@@ -15,18 +15,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from hirn.core.errors import WindowMemoryError
+from hirn.core.schedule import make_plan
 from hirn.runtime.backends import Runner
-from hirn.runtime.errors import MediaError
 from hirn.runtime.padding import SCALE, padded_size
-from hirn.runtime.schedule import make_plan
 from hirn.runtime.windows import max_frames_read
 
 _GIB = 2**30
 _HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
-
-
-class WindowMemoryError(MediaError):
-    """A window of the requested size cannot fit in the memory this run has."""
 
 
 def window_bytes(runner: Runner, frames: int, height: int, width: int,

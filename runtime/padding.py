@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The network's input limits (hirn.train.hirn.MIN_SIZE, and the 2x downsampling of SpyNet's
-# pyramid needs even sizes); kept here so that this module imports no torch.
-MIN_SIZE = 64
-SIZE_MULTIPLE = 2
-SCALE = 4
+from hirn.core.constants import MIN_SIZE, SCALE, SIZE_MULTIPLE
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.runtime.errors import SinkError, SourceError
+from hirn.core.errors import SinkError, SourceError
 from hirn.runtime.video_reader import (
     IMAGE_SUFFIXES,
     Frame,

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hirn.runtime.errors import DecodeError, SourceError
+from hirn.core.errors import DecodeError, SourceError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".pnm")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.runtime.errors import SinkError, SourceError
+from hirn.core.errors import SinkError, SourceError
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 # codec name -> (FFmpeg encoder, pixel format); bgr0 keeps FFV1 lossless for RGB input

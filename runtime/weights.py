@@ -12,7 +12,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from hirn.runtime.backends import BackendConfig, BackendError, Runner, create_runner
+from hirn.core.errors import BackendError
+from hirn.runtime.backends import BackendConfig, Runner, create_runner
 
 DEMO_SEED = 0  # the demo's untrained weights: HiRN() right after torch.manual_seed(0)
 _BLOCK_KEY = re.compile(r"backbone\.backward_1\.main\.2\.(\d+)\.")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from hirn.core.errors import CheckpointError
 
 PARAM_KEYS = ("params", "params_ema")
 _SHOWN = 5  # keys listed per kind of mismatch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .errors import HirnError
+from hirn.core.errors import HirnError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,15 +22,11 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .errors import HirnError
+from hirn.core.constants import MIN_SIZE as MIN_LR_SIZE
+from hirn.core.constants import SCALE
+from hirn.core.errors import ConfigError
 
 REDS4_CLIPS = ("000", "011", "015", "020")
-SCALE = 4
-MIN_LR_SIZE = 64
-
-
-class ConfigError(HirnError, ValueError):
-    """A training configuration that cannot be used as written."""
 
 
 # BasicSR options accepted for compatibility: harmless ones are ignored (why), the others

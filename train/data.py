@@ -29,14 +29,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from hirn.core.errors import DataError
+
 from .config import REDS4_CLIPS, SCALE, TrainData, ValData
-from .errors import HirnError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-class DataError(HirnError):
-    """A data folder, clip or frame that is missing or does not fit."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import HirnError
+from hirn.core.errors import HirnError
 
 
 @dataclass(frozen=True)

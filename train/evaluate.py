@@ -22,19 +22,16 @@ import click
 import cv2
 import numpy as np
 
-from .errors import HirnError
+from hirn.core.constants import SCALE
+from hirn.core.errors import DatasetError, HirnError
+
 from .imresize import imresize
 from .metrics import psnr, rgb_to_y, ssim
 
-SCALE = 4
 LR_FOLDERS = ("LR_bicubic_matlab", "LR_bicubic", "LR")  # first one present is used
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
-
-
-class DatasetError(HirnError):
-    """A data root, clip or frame folder that is missing or does not fit the protocol."""
 
 
 @dataclass(frozen=True)

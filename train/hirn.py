@@ -1,7 +1,7 @@
 """HiRN: hierarchical recurrent video super-resolution (x4).
 
 The model owns the parameters (named as in the published checkpoints) and
-runs a clip by walking the plan of ``hirn.runtime.schedule`` with its step
+runs a clip by walking the plan of ``hirn.core.schedule`` with its step
 modules (``hirn.train.steps``).
 """
 
@@ -10,18 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hirn.runtime.recurrence import walk
-from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan
+from hirn.core.constants import MIN_SIZE
+from hirn.core.errors import InputError
+from hirn.core.recurrence import walk
+from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan
 
 from .alignment import SecondOrderDeformableAlignment
 from .attention import temporal_wavelet_attention
 from .blocks import ResStack, conv3x3
-from .errors import InputError
 from .spynet import SpyNet
 from .steps import Compose, Decode, Encode, Flow, PropagationStep, StepModules
-
-MIN_SIZE = 64
-SCALE = 4
 
 
 def check_clip(lq: Tensor) -> None:

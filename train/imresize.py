@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .errors import InputError
+from hirn.core.errors import InputError
 
 KERNEL_WIDTH = 4.0  # support of the cubic kernel, in input pixels at scale 1
 

@@ -30,12 +30,13 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from hirn.core.errors import HirnError
+
 from . import distributed as D
 from .checkpoint import load_spynet, load_state, save_checkpoint
 from .config import Config, to_dict
 from .data import SampleStream, TrainDataset, ValClip, load_val_clips
 from .ema import EMA
-from .errors import HirnError
 from .hirn import HiRN
 from .schedulers import CosineAnnealingRestartLR
 from .state import atomic_text, latest_state, rng_states, save_state, set_rng_states, state_path

@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from .errors import InputError
+from hirn.core.errors import InputError
 
 # ITU-R BT.601 luma for RGB in [0, 1], giving Y in 16..235.
 Y_WEIGHTS_RGB = np.array([65.481, 128.553, 24.966])

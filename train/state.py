@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from hirn.core.errors import CheckpointError
 
 STATE_DIR = "training_states"
 STATE_SUFFIX = ".state"

@@ -47,7 +47,7 @@ class Compose(nn.Module):
 
 
 class PropagationStep(nn.Module):
-    """One recurrent step of a branch (see ``hirn.runtime.schedule.Step``).
+    """One recurrent step of a branch (see ``hirn.core.schedule.Step``).
 
     Inputs, in order: ``current [B, C, H, W]``, ``num_context`` context maps
     ``[B, C, H, W]`` (the last, or ``current`` if none, is the attention's

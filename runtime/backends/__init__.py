@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import BACKENDS, BackendConfig, BackendError, Runner
+from hirn.core.errors import BackendError
+
+from .base import BACKENDS, BackendConfig, Runner
 
 
 def create_runner(config: BackendConfig) -> Runner:

@@ -14,13 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.train.errors import HirnError
-
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-class BackendError(HirnError):
-    """A backend that cannot be used as asked (missing package, provider or device)."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.export.graphs import graph_specs
-from hirn.export.manifest import ModelFolderError, verify_folder
+from hirn.core.errors import BackendError, ModelFolderError
+from hirn.core.graphs import graph_specs
+from hirn.export.manifest import verify_folder
 
-from .base import BackendConfig, BackendError, Runner
+from .base import BackendConfig, Runner
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -72,7 +73,7 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = threads
         source = str
         if plugin:  # the op through onnxruntime-extensions, on an in-memory copy of each graph
-            from .plugin_ops import cpu_model_bytes, register_cpu_op
+            from hirn.export.plugin_ops import cpu_model_bytes, register_cpu_op
 
             register_cpu_op(options)
             source = cpu_model_bytes

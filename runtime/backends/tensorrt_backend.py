@@ -21,18 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from hirn.core.errors import BackendError, EngineFolderError
+from hirn.core.graphs import graph_specs
 from hirn.export.engine_cache import (
     PLUGIN_LIBRARY_NAME,
     TENSORRT_HINT,
-    EngineFolderError,
     check_compatible,
     check_shape,
     current_gpu,
     verify_engine_folder,
 )
-from hirn.export.graphs import graph_specs
 
-from .base import BackendConfig, BackendError, Runner
+from .base import BackendConfig, Runner
 
 
 def _import_tensorrt():
@@ -107,7 +107,8 @@ class TensorRTRunner(Runner):
             self._logger = trt.Logger(trt.Logger.WARNING)
             trt.init_libnvinfer_plugins(self._logger, "")
             if self.manifest.get("plugin_library"):
-                from hirn.export.engine import EngineBuildError, load_plugin_library
+                from hirn.core.errors import EngineBuildError
+                from hirn.export.engine import load_plugin_library
 
                 try:
                     load_plugin_library(trt, self.folder / PLUGIN_LIBRARY_NAME)

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hirn.export.graphs import graph_specs
+from hirn.core.constants import FP32_GRAPHS
+from hirn.core.errors import BackendError
+from hirn.core.graphs import graph_specs
 from hirn.train import HiRN, load_model
 
-from .base import BackendConfig, BackendError, Runner
-
-FP32_GRAPHS = ("flow", "compose")  # flows stay FP32 in every precision
+from .base import BackendConfig, Runner
 
 
 class TorchRunner(Runner):

@@ -16,6 +16,7 @@ import torch
 from onnx import TensorProto, helper
 from support import run_cli
 
+from hirn.core.graphs import graph_specs
 from hirn.export.engine import (
     EngineBuildError,
     EngineOptions,
@@ -42,7 +43,6 @@ from hirn.export.engine_cache import (
     verify_engine_folder,
     write_engines_manifest,
 )
-from hirn.export.graphs import graph_specs
 from hirn.export.manifest import sha256_of
 from hirn.export.onnx_export import ExportOptions, _describe, export_onnx
 from hirn.train import HiRN

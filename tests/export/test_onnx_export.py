@@ -10,8 +10,9 @@ import pytest
 import torch
 from support import FP16_GRAPH_RTOL, ONNX_GRAPH_ATOL, REFERENCE_WEIGHTS, needs_shared, run_cli
 
-from hirn.export.graphs import graph_specs
-from hirn.export.manifest import FORMAT_VERSION, ModelFolderError, sha256_of, verify_folder
+from hirn.core.errors import ModelFolderError
+from hirn.core.graphs import graph_specs
+from hirn.export.manifest import FORMAT_VERSION, sha256_of, verify_folder
 from hirn.export.onnx_export import SAMPLE_HEIGHT, SAMPLE_WIDTH, ExportOptions, export_onnx
 from hirn.train import HiRN, load_model
 

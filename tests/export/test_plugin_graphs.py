@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from hirn.core.errors import BackendError
 from hirn.export.manifest import read_manifest, verify_folder, write_manifest
 from hirn.export.onnx_export import ExportOptions, export_onnx
-from hirn.runtime.backends.base import BackendError
 from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
 from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN
@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime_extensions",
                     reason="onnxruntime-extensions runs the plugin op on the CPU "
                            "(pip install onnxruntime-extensions)")
 
-from hirn.runtime.backends import plugin_ops  # noqa: E402
+from hirn.export import plugin_ops  # noqa: E402
 
 GRAPH_ATOL = 1e-5        # one FP32 plugin graph vs its DeformConv twin (max abs)
 CLIP_ATOL = 1e-5         # a whole FP32 clip, plugin folder vs DeformConv folder (max abs)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hirn.core.errors import KernelInputError
 from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case, random_case
-from hirn.plugins.errors import KernelInputError
 from hirn.train.deform_conv import deform_conv2d
 
 # Tolerances, all here.

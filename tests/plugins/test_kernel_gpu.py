@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from hirn.core.errors import KernelBuildError, KernelInputError
 from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case, random_case
-from hirn.plugins.errors import KernelBuildError, KernelInputError
 from hirn.train.deform_conv import deform_conv2d
 
 # Tolerances, all here.

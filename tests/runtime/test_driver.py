@@ -14,8 +14,8 @@ from support import (
     psnr,
 )
 
-from hirn.export.manifest import ModelFolderError
-from hirn.runtime.backends import BackendConfig, BackendError, create_runner
+from hirn.core.errors import BackendError, ModelFolderError
+from hirn.runtime.backends import BackendConfig, create_runner
 from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.driver import is_mirror_extended, upscale_clip

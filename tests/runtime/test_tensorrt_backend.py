@@ -15,6 +15,8 @@ import pytest
 import torch
 from support import psnr
 
+from hirn.core.errors import BackendError, EngineFolderError, ProfileError
+from hirn.core.graphs import graph_specs
 from hirn.export.engine import (
     EngineOptions,
     build_engines,
@@ -23,10 +25,9 @@ from hirn.export.engine import (
     plan_graphs,
     resolve_options,
 )
-from hirn.export.engine_cache import EngineFolderError, ProfileError, write_engines_manifest
-from hirn.export.graphs import graph_specs
+from hirn.export.engine_cache import write_engines_manifest
 from hirn.export.onnx_export import ExportOptions, _describe, export_onnx
-from hirn.runtime.backends import BackendConfig, BackendError, Runner, create_runner
+from hirn.runtime.backends import BackendConfig, Runner, create_runner
 from hirn.runtime.backends.tensorrt_backend import TensorRTRunner, check_engine_folder
 from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN

@@ -14,7 +14,8 @@ from support import (
     psnr,
 )
 
-from hirn.runtime.backends import BackendConfig, BackendError
+from hirn.core.errors import BackendError
+from hirn.runtime.backends import BackendConfig
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN, load_model

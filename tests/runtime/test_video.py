@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 from support import default_sigint, psnr
 
+from hirn.core.errors import DecodeError, HirnError, SinkError, SourceError
 from hirn.runtime import video_writer
-from hirn.runtime.errors import DecodeError, SinkError, SourceError
 from hirn.runtime.video import open_sink, open_source, read_frames
-from hirn.train.errors import HirnError
 
 # Tolerances, all in one place.
 # RGB PSNR of the calendar at 176x144 through H.264 CRF 18 vs the frames encoded: chroma 4:2:0

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hirn.core.errors import DecodeError, SinkError
+from hirn.core.schedule import make_plan
 from hirn.runtime import pipeline
-from hirn.runtime.errors import DecodeError, SinkError
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
-from hirn.runtime.schedule import make_plan
 from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.windows import (
     GOP_FRAMES,

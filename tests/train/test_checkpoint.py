@@ -4,7 +4,8 @@ import pytest
 import torch
 from support import REFERENCE_WEIGHTS, WEIGHTS, needs_shared
 
-from hirn.train import CheckpointError, HiRN, load_model, load_spynet, save_checkpoint
+from hirn.core.errors import CheckpointError
+from hirn.train import HiRN, load_model, load_spynet, save_checkpoint
 
 SPYNET = WEIGHTS / "spynet_sintel_final.pth"
 

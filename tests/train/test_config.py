@@ -8,7 +8,8 @@ import pytest
 import yaml
 from support import REPO
 
-from hirn.train.config import ConfigError, load_config, parse_config, to_dict
+from hirn.core.errors import ConfigError
+from hirn.train.config import load_config, parse_config, to_dict
 
 RECIPE = REPO / "configs" / "reds_hirn_x4.yml"
 CALENDAR = REPO / "configs" / "vid4_calendar_cpu.yml"

@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 from support import CALENDAR_LR, DATA, needs_shared
 
-from hirn.train import HiRN, HirnError, save_checkpoint
+from hirn.core.errors import HirnError
+from hirn.train import HiRN, save_checkpoint
 from hirn.train.evaluate import (
     DatasetError,
     bicubic_upscaler,

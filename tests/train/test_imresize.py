@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from support import CALENDAR_LR, DATA, needs_shared
 
-from hirn.train import InputError
+from hirn.core.errors import InputError
 from hirn.train.imresize import contributions, cubic, imresize
 
 CALENDAR_GT = DATA / "vid4" / "calendar" / "GT"

@@ -8,7 +8,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from support import DATA, needs_shared
 
-from hirn.train import InputError
+from hirn.core.errors import InputError
 from hirn.train.metrics import SSIM_C1, psnr, rgb_to_y, ssim
 
 FRAME = DATA / "vid4" / "walk" / "GT" / "010.png"

@@ -6,8 +6,9 @@ import pytest
 import torch
 from support import FLOW_ATOL, REFERENCE, needs_shared
 
-from hirn.runtime.schedule import FlowRef
-from hirn.train import HiRN, InputError
+from hirn.core.errors import InputError
+from hirn.core.schedule import FlowRef
+from hirn.train import HiRN
 
 PUBLISHED_PARAMS = 7_513_855
 

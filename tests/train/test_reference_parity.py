@@ -13,7 +13,7 @@ from support import (
     psnr,
 )
 
-from hirn.runtime.schedule import FlowRef
+from hirn.core.schedule import FlowRef
 from hirn.train import load_model
 
 CASES = ["hirn_t6_64x64", "hirn_t17_64x64"]

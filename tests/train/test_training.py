@@ -12,10 +12,10 @@ import torch
 import yaml
 from support import DATA, REPO, WEIGHTS, needs_shared
 
+from hirn.core.errors import HirnError
 from hirn.train import HiRN
 from hirn.train.config import parse_config
 from hirn.train.ema import EMA
-from hirn.train.errors import HirnError
 from hirn.train.loop import (
     LOG_NAME,
     _changes,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hirn.runtime.schedule import BRANCHES
+from .constants import SCALE
+from .schedule import BRANCHES
 
 FRAME, FEATURE, FLOW, OUTPUT = "frame", "feature", "flow", "output"
-PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class TensorSpec:
         return "float16" if self.kind == FEATURE and precision == "fp16" else "float32"
 
     def shape(self) -> list[int | str]:
-        scale = "*4" if self.kind == OUTPUT else ""
+        scale = f"*{SCALE}" if self.kind == OUTPUT else ""
         return ["batch", self.channels, f"height{scale}", f"width{scale}"]
 
 

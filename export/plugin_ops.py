@@ -23,9 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from hirn.core.errors import BackendError
 from hirn.train.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
-
-from .base import BackendError
 
 PYOP_DOMAIN = "ai.onnx.contrib"  # onnxruntime_extensions.default_opset_domain()
 INTS_ATTRIBUTES = ("stride", "padding", "dilation")

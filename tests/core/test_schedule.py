@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from hirn.runtime.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
+from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
 
 
 def test_importing_the_schedule_needs_no_torch():
-    code = "import sys, hirn.runtime.schedule; print('torch' in sys.modules)"
+    code = "import sys, hirn.core.schedule; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"

@@ -23,7 +23,7 @@ def walk(plan: Plan, features: MutableMapping[FeatureRef, A], flows: dict[FlowRe
         features: must hold the ``spatial`` feature of every frame.
         flows: every flow the plan reads.
         run_step: ``(step, inputs) -> output`` with inputs in the order of
-            :class:`~hirn.runtime.schedule.Step` (current, context, then, when
+            :class:`~hirn.core.schedule.Step` (current, context, then, when
             aligned, feat_a, feat_b, flow_a, flow_b).
         compose: ``(a, b) -> a + warp(b, a)``.
         zero_feature, zero_flow: what a missing feature or empty chain reads.

@@ -1,0 +1,107 @@
+"""Every exception hirn raises for a user's mistake, in one hierarchy.
+
+Bugs stay plain exceptions. Each class says which kind of input was wrong; the
+message says what was wrong, what was expected and what to do.
+"""
+
+from __future__ import annotations
+
+
+class HirnError(Exception):
+    """Base of every error caused by input, files or options a user gave."""
+
+
+# --- the model and its weights ---------------------------------------------------------------
+
+class InputError(HirnError, ValueError):
+    """A tensor, frame or clip the model cannot take as given."""
+
+
+class CheckpointError(HirnError, ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+# --- training and evaluation -------------------------------------------------------------------
+
+class ConfigError(HirnError, ValueError):
+    """A training configuration that cannot be used as written."""
+
+
+class DataError(HirnError):
+    """A data folder, clip or frame that is missing or does not fit."""
+
+
+class DatasetError(HirnError):
+    """A data root, clip or frame folder that is missing or does not fit the protocol."""
+
+
+# --- exported graphs and engines ---------------------------------------------------------------
+
+class ModelFolderError(HirnError):
+    """An exported folder that is missing, incomplete, altered or of another version."""
+
+
+class EngineBuildError(HirnError):
+    """Options, graphs or a machine that an engine build cannot use; TensorRT missing."""
+
+
+class EngineFolderError(HirnError):
+    """An engine folder that is missing, incomplete, altered, or built for another
+    TensorRT version or GPU."""
+
+
+class ProfileError(HirnError, ValueError):
+    """A frame size or batch outside the optimization profile the engines were built for."""
+
+
+# --- the runtime -------------------------------------------------------------------------------
+
+class BackendError(HirnError):
+    """A backend that cannot be used as asked (missing package, provider or device)."""
+
+
+class MediaError(HirnError):
+    """A video or image folder that cannot be read or written as asked."""
+
+
+class SourceError(MediaError, ValueError):
+    """An input that is missing, not a video, empty, or whose images differ in size."""
+
+
+class DecodeError(SourceError):
+    """A video or image that stopped decoding part-way (unreadable or truncated).
+
+    Args:
+        frames_read: how many frames were decoded before the failure.
+    """
+
+    def __init__(self, message: str, frames_read: int):
+        super().__init__(message)
+        self.frames_read = frames_read
+
+
+class SinkError(MediaError):
+    """An output that cannot be written: it exists, is the input, its folder is not
+    writable or is full, or the codec does not fit the container."""
+
+
+class WindowMemoryError(MediaError):
+    """A window of the requested size cannot fit in the memory this run has."""
+
+
+class BatchError(HirnError):
+    """A batch folder that cannot be processed as asked, or files of it that failed."""
+
+
+# --- the deformable-convolution kernel ---------------------------------------------------------
+
+class KernelBuildError(HirnError):
+    """nvcc is missing, or compiling or loading the kernel library failed."""
+
+
+class KernelInputError(HirnError, ValueError):
+    """Tensors or attributes the kernel cannot take (shape, dtype, device, layout)."""
+
+
+class KernelRuntimeError(HirnError, RuntimeError):
+    """A CUDA error while launching the kernel (e.g. no code for this GPU's architecture)."""
