@@ -28,9 +28,9 @@ from pathlib import Path
 
 from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, write_results
 
+from hirn.runtime.backends import create_runner
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
 from hirn.runtime.video import open_sink, open_source
-from hirn.runtime.weights import build_runner
 
 GOAL = 0.10  # overhead share to stay below
 
@@ -74,7 +74,7 @@ def measure(video: Path, checkpoint: Path, threads: int, out: Path) -> dict:
     """One in-process run with every stage timed."""
     from hirn.runtime.backends import BackendConfig
 
-    runner = build_runner(BackendConfig(checkpoint=checkpoint, threads=threads))
+    runner = create_runner(BackendConfig(checkpoint=checkpoint, threads=threads))
     runner.run = Timed(runner.run)  # the driver calls runner.run for every graph
     config = RunConfig(overwrite=True)
     source = open_source(video)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hirn.core.logs import setup_logging
 from hirn.train.evaluate import (
     Report,
     bicubic_upscaler,
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=default_data_root())
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    setup_logging()  # evaluate() reports each clip as it reads it
 
     lr_check = check_calendar_lr(args.data_root)
     print(f"calendar LR: {lr_check}")
@@ -91,7 +93,7 @@ def main() -> None:
                                  ("opencv", "opencv_inter_cubic", opencv_bicubic),
                                  ("torch", "torch_bicubic", torch_bicubic)]:
         start = time.perf_counter()
-        runs[key] = evaluate("vid4", args.data_root, upscale, method, log=print)
+        runs[key] = evaluate("vid4", args.data_root, upscale, method)
         print(f"{method} ({time.perf_counter() - start:.0f} s):\n{format_table(runs[key])}")
 
     main_report = runs["matlab"]

@@ -40,7 +40,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _timed_clip(runner: TorchRunner, clip: np.ndarray) -> tuple[float, np.ndarray]:
-    if runner.device.type == "cuda":
+    if runner.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     out = upscale_clip(runner, clip, batch_size=4)  # ends with a copy to the host

@@ -93,6 +93,11 @@ class BatchError(HirnError):
     """A batch folder that cannot be processed as asked, or files of it that failed."""
 
 
+class LaunchError(HirnError, ValueError):
+    """A torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) that is no valid process
+    layout."""
+
+
 # --- the deformable-convolution kernel ---------------------------------------------------------
 
 class KernelBuildError(HirnError):

@@ -14,28 +14,40 @@ from pathlib import Path
 
 
 @contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a file name (nvcc, say),
+    renamed to ``path`` when the block ends without error and removed otherwise.
+
+    The temporary name is hidden (``.NAME.*`` + ``suffix``), so readers never see a partial
+    file under ``path``, nor take the temporary for a finished one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Write ``path`` through a temporary file beside it, synced and renamed into place only
     on success, so that readers (and an interrupted run) never see a partial file.
 
     The temporary file is hidden (``.NAME.*.tmp``) and removed on any error or interruption.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
         # mkstemp creates the file 0600; a finished file gets the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.fchmod(f.fileno(), 0o666 & ~umask)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from hirn.core.errors import HirnError
+from hirn.core.logs import logging_options
+
+logger = logging.getLogger(__name__)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -32,8 +36,9 @@ def main() -> None:
 @click.option("--param-key", type=click.Choice(["params", "params_ema"]), default=None,
               help="which weights of the checkpoint (default: params, else the only one)")
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists")
+@logging_options
 def onnx(checkpoint: Path, output: Path, dcn: str, precision: str, opset: int,
-         param_key: str | None, overwrite: bool) -> None:
+         param_key: str | None, overwrite: bool, quiet: bool) -> None:
     """Write the per-step graphs of CHECKPOINT into a new folder."""
     from hirn.train import load_model
 
@@ -45,7 +50,7 @@ def onnx(checkpoint: Path, output: Path, dcn: str, precision: str, opset: int,
             raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
         model = load_model(checkpoint, param_key=param_key)
         manifest = export_onnx(checkpoint, output, options, model=model,
-                               progress=lambda name: click.echo(f"  exporting {name}", err=True))
+                               progress=lambda name: logger.info("  exporting %s", name))
     except (HirnError, ValueError) as exc:
         raise _fail(exc) from exc
     click.echo(f"wrote {len(manifest['graphs'])} graphs ({precision}, dcn={dcn}, "
@@ -54,7 +59,8 @@ def onnx(checkpoint: Path, output: Path, dcn: str, precision: str, opset: int,
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-def check(folder: Path) -> None:
+@logging_options
+def check(folder: Path, quiet: bool) -> None:
     """Verify FOLDER against its manifest (files present, sizes and SHA-256 equal)."""
     from .manifest import verify_folder
 
@@ -85,9 +91,10 @@ def check(folder: Path) -> None:
               help="builder workspace limit in MiB (default: TensorRT's)")
 @click.option("--plugin-lib", type=click.Path(path_type=Path), default=None,
               help="libhirn_plugins.so, for folders exported with --dcn plugin")
+@logging_options
 def engine(onnx_dir: Path, output: Path, min_size: str, opt_size: str, max_size: str,
            precision: str | None, dcn: str | None, max_batch: int, workspace_mib: int | None,
-           plugin_lib: Path | None) -> None:
+           plugin_lib: Path | None, quiet: bool) -> None:
     """Build one TensorRT engine per graph of ONNX_DIR into OUTPUT (needs TensorRT and a GPU)."""
     from .engine import EngineOptions, build_engines, describe, parse_size
 
@@ -95,7 +102,7 @@ def engine(onnx_dir: Path, output: Path, min_size: str, opt_size: str, max_size:
         options = EngineOptions(parse_size(min_size), parse_size(opt_size), parse_size(max_size),
                                 precision, dcn, max_batch, workspace_mib, plugin_lib)
         manifest = build_engines(onnx_dir, output, options,
-                                 progress=lambda message: click.echo(f"  {message}", err=True))
+                                 progress=lambda message: logger.info("  %s", message))
     except HirnError as exc:
         raise _fail(exc) from exc
     click.echo(f"wrote {describe(manifest)} to {output}")
@@ -113,8 +120,9 @@ def engine(onnx_dir: Path, output: Path, min_size: str, opt_size: str, max_size:
 @click.option("--rtol", type=float, default=None,
               help="tolerance relative to the reference's largest magnitude (default: per "
                    "precision)")
+@logging_options
 def compare(onnx_dir: Path, engine_dir: Path, height: int | None, width: int | None,
-            batch: int | None, atol: float | None, rtol: float | None) -> None:
+            batch: int | None, atol: float | None, rtol: float | None, quiet: bool) -> None:
     """Compare each engine of ENGINE_DIR with ONNX Runtime on ONNX_DIR's graph (Polygraphy)."""
     from .compare import compare_folders
 

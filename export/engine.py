@@ -12,8 +12,8 @@ stay FP32 (frames, flows, the sampling grids and GridSample, flow chaining, the 
 ``compose`` graphs whole). A strongly typed network keeps exactly those types, so the flow math
 is FP32 by construction instead of by matching layer names after the parser has renamed and
 fused them. TensorRT 11 makes every network strongly typed (its ``STRONGLY_TYPED`` flag is
-kept and ignored), so layer precisions and the FP16 flag no longer steer types there: this is
-the one path that works on 10.x and 11.x alike. The
+deprecated and ignored, so it is passed to 10.x only) and removes the FP16 builder flag: this
+is the one path that works on 10.x and 11.x alike. The
 engine's precision is therefore the ONNX folder's: export with ``--precision fp16`` for FP16
 engines. :func:`fp32_flow_math` checks, before building, that an FP16 folder keeps its grids
 FP32. TF32 is off: it would round the FP32 flow math to 10-bit mantissas, FP16's precision.
@@ -270,18 +270,25 @@ def _copy_plugin(options: EngineOptions, folder: Path) -> dict | None:
             "source": str(options.plugin_lib)}
 
 
+def network_flags(trt) -> int:
+    """``create_network`` flags: STRONGLY_TYPED on TensorRT 10; 11 deprecates the flag (every
+    network is strongly typed there) and ignores it, so nothing is passed."""
+    if int(trt.__version__.split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
 def _build_one(trt, logger, onnx_path: Path, shapes: dict, options: EngineOptions,
                timing_cache: Path, target: Path) -> None:
     """Parse, configure and build one engine; write it and the timing cache atomically."""
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
-    if hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
+    config.clear_flag(trt.BuilderFlag.TF32)
     if options.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     profile = builder.create_optimization_profile()

@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from hirn.core.errors import EngineFolderError, ProfileError
+from hirn.core.files import (
+    atomic_file,  # noqa: F401 - engine.py writes engines through it
+    atomic_write_text,
+)
 
-from .manifest import sha256_of
+from .manifest import ManifestKind, check_listed_file, read_folder_manifest, verify_listed
 
 ENGINES_NAME = "engines.json"
 FORMAT = "hirn-trt-engines"
@@ -26,24 +28,9 @@ FORMAT_VERSION = 1
 TIMING_CACHE_NAME = "timing.cache"
 PLUGIN_LIBRARY_NAME = "libhirn_plugins.so"  # the plugin library, copied beside the engines
 TENSORRT_HINT = "pip install tensorrt, on a machine with an NVIDIA GPU and a recent driver"
-
-
-@contextmanager
-def atomic_file(path: Path):
-    """Write ``path`` through a temporary file beside it, renamed into place on success, so
-    that readers (and an interrupted build) never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+ENGINE_FOLDER = ManifestKind(ENGINES_NAME, FORMAT, FORMAT_VERSION, "engine folder", "engine",
+                             "build one with: hirn-export engine ONNX_DIR -o DIR ...",
+                             "rebuild the engines", EngineFolderError)
 
 
 def current_gpu(index: int | None = None) -> dict:
@@ -75,59 +62,21 @@ def engine_file_name(graph: str, key: str) -> str:
 
 
 def write_engines_manifest(folder: Path, manifest: dict) -> Path:
-    path = Path(folder) / ENGINES_NAME
-    with atomic_file(path) as f:
-        f.write((json.dumps(manifest, indent=2) + "\n").encode())
-    return path
+    return atomic_write_text(Path(folder) / ENGINES_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_engines_manifest(folder: str | os.PathLike) -> dict:
     """``engines.json`` of ``folder`` after checking that it is one of ours, of this version."""
-    folder = Path(folder)
-    hint = "build one with: hirn-export engine ONNX_DIR -o DIR ..."
-    if not folder.is_dir():
-        raise EngineFolderError(f"engine folder not found: {folder} ({hint})")
-    path = folder / ENGINES_NAME
-    if not path.is_file():
-        raise EngineFolderError(f"{folder} has no {ENGINES_NAME}: not a hirn engine folder "
-                                f"({hint})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineFolderError(f"{path} is not valid JSON ({exc}); rebuild the engines") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise EngineFolderError(f"{path} is not a hirn engine manifest; rebuild the engines")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise EngineFolderError(f"{path} has format version {manifest.get('format_version')}; "
-                                f"this hirn reads version {FORMAT_VERSION}: rebuild the engines")
-    return manifest
-
-
-def _check_file(folder: Path, entry: dict, what: str) -> None:
-    path = folder / entry["file"]
-    if not path.is_file():
-        raise EngineFolderError(f"{path} ({what}) is missing; rebuild the engines")
-    if path.stat().st_size != entry["bytes"]:
-        raise EngineFolderError(f"{path} has {path.stat().st_size} bytes, {ENGINES_NAME} says "
-                                f"{entry['bytes']}: truncated or replaced; rebuild the engines")
-    if sha256_of(path) != entry["sha256"]:
-        raise EngineFolderError(f"{path} does not match its SHA-256 in {ENGINES_NAME}: the file "
-                                "was altered; rebuild the engines")
+    return read_folder_manifest(folder, ENGINE_FOLDER)
 
 
 def verify_engine_folder(folder: str | os.PathLike, graphs: list[str] | None = None) -> dict:
     """Check the engines (and the plugin library) of ``folder`` against ``engines.json``;
     return the manifest. Raises :class:`EngineFolderError` naming the first bad file."""
-    folder = Path(folder)
-    manifest = read_engines_manifest(folder)
-    entries = manifest.get("graphs", {})
-    for name in graphs or list(entries):
-        if name not in entries:
-            raise EngineFolderError(f"{folder / ENGINES_NAME} lists no engine {name!r} (it has "
-                                    f"{sorted(entries)}); rebuild the engines")
-        _check_file(folder, entries[name], f"engine of {name}")
+    manifest = verify_listed(folder, ENGINE_FOLDER, graphs, what="engine of {name}")
     if manifest.get("plugin_library"):
-        _check_file(folder, manifest["plugin_library"], "plugin library")
+        check_listed_file(Path(folder), manifest["plugin_library"], ENGINE_FOLDER,
+                          "plugin library")
     return manifest
 
 
@@ -164,7 +113,7 @@ def reusable_engine(folder: Path, previous: dict | None, graph: str, key: str) -
     if not entry or entry.get("key") != key:
         return None
     try:
-        _check_file(Path(folder), entry, graph)
+        check_listed_file(Path(folder), entry, ENGINE_FOLDER, graph)
     except EngineFolderError:
         return None
     return entry

@@ -1,14 +1,20 @@
-"""``manifest.json``: what an exported folder holds, and checks that it is intact."""
+"""``manifest.json``: what an exported folder holds, and checks that it is intact.
+
+The reader and the file checks serve every folder manifest of ours (``engines.json`` too,
+see ``engine_cache.py``): a :class:`ManifestKind` holds the words that differ.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from hirn.core.errors import ModelFolderError
+from hirn.core.errors import HirnError, ModelFolderError
+from hirn.core.files import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "hirn-onnx-graphs"
@@ -35,32 +41,94 @@ def tool_versions() -> dict[str, str]:
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    path = folder / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    """Write ``manifest.json`` atomically: a folder never holds half a manifest."""
+    return atomic_write_text(Path(folder) / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(folder: str | os.PathLike) -> dict:
-    """The manifest of ``folder``, after checking that it is one of ours."""
+@dataclass(frozen=True)
+class ManifestKind:
+    """The words that differ between the manifests of our folders."""
+
+    name: str                  # the file, e.g. manifest.json
+    format: str                # its "format" value
+    version: int               # the "format_version" this hirn reads
+    folder: str                # what the folder is called in messages
+    contents: str              # what the manifest lists: "graph", "engine"
+    hint: str                  # how to make such a folder
+    fix: str                   # what to do about a damaged one
+    error: type[HirnError]     # raised for every problem
+    required: tuple[str, ...] = ("model", "graphs")  # entries that must be dicts
+
+
+ONNX_FOLDER = ManifestKind(MANIFEST_NAME, FORMAT, FORMAT_VERSION, "ONNX folder", "graph",
+                           "export one with: hirn-export onnx CHECKPOINT -o DIR",
+                           "re-export the folder", ModelFolderError)
+
+
+def read_folder_manifest(folder: str | os.PathLike, kind: ManifestKind) -> dict:
+    """The manifest of ``folder`` after checking that it is one of ours, of this version,
+    with the entries every reader needs; raises ``kind.error`` saying what to do."""
     folder = Path(folder)
-    hint = "export one with: hirn-export onnx CHECKPOINT -o DIR"
     if not folder.is_dir():
-        raise ModelFolderError(f"ONNX folder not found: {folder} ({hint})")
-    path = folder / MANIFEST_NAME
+        raise kind.error(f"{kind.folder} not found: {folder} ({kind.hint})")
+    path = folder / kind.name
     if not path.is_file():
-        raise ModelFolderError(f"{folder} has no {MANIFEST_NAME}: not a hirn ONNX folder ({hint})")
+        raise kind.error(f"{folder} has no {kind.name}: not a hirn {kind.folder} ({kind.hint})")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFolderError(f"{path} is not valid JSON ({exc}); re-export the folder") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelFolderError(f"{path} is not a hirn graph manifest; re-export the folder")
+        raise kind.error(f"{path} is not valid JSON ({exc}); {kind.fix}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != kind.format:
+        raise kind.error(f"{path} is not a hirn {kind.contents} manifest (format "
+                         f"{kind.format!r}); {kind.fix}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFolderError(
-            f"{path} has format version {version}; this hirn reads version {FORMAT_VERSION}. "
-            f"Re-export with this version ({hint}) or use the hirn that wrote it "
-            f"({manifest.get('tools', {}).get('hirn', 'unknown version')})")
+    if version != kind.version:
+        tools = manifest.get("tools")
+        writer = tools.get("hirn") if isinstance(tools, dict) else None
+        raise kind.error(f"{path} has format version {version}; this hirn reads version "
+                         f"{kind.version}: {kind.fix} ({kind.hint}) or use the hirn that "
+                         f"wrote it ({writer or 'unknown version'})")
+    if lacking := [key for key in kind.required if not isinstance(manifest.get(key), dict)]:
+        raise kind.error(f"{path} lacks its {' and '.join(repr(k) for k in lacking)} "
+                         f"{'entry' if len(lacking) == 1 else 'entries'}: it was cut short or "
+                         f"edited; {kind.fix}")
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of an ONNX ``folder``, after checking that it is one of ours."""
+    return read_folder_manifest(folder, ONNX_FOLDER)
+
+
+def check_listed_file(folder: Path, entry: dict, kind: ManifestKind, what: str = "") -> None:
+    """Raise ``kind.error`` when the file a manifest ``entry`` lists (``file``, ``bytes``,
+    ``sha256``) is missing, of another size or altered; ``what`` names it in messages."""
+    path = Path(folder) / entry["file"]
+    label = f"{path} ({what})" if what else str(path)
+    if not path.is_file():
+        raise kind.error(f"{label} is missing; {kind.fix}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise kind.error(f"{label} has {size} bytes, {kind.name} says {entry['bytes']}: the "
+                         f"file is truncated or replaced; {kind.fix}")
+    if sha256_of(path) != entry["sha256"]:
+        raise kind.error(f"{label} does not match its SHA-256 in {kind.name}: the file was "
+                         f"altered; {kind.fix}")
+
+
+def verify_listed(folder: str | os.PathLike, kind: ManifestKind, graphs: list[str] | None = None,
+                  what: str = "") -> dict:
+    """Check the files of ``graphs`` (default: every one listed) against the manifest of
+    ``folder``; return the manifest. ``what`` names each file in messages (``{name}`` in it
+    stands for the graph)."""
+    folder = Path(folder)
+    manifest = read_folder_manifest(folder, kind)
+    entries = manifest["graphs"]
+    for name in graphs or list(entries):
+        if name not in entries:
+            raise kind.error(f"{folder / kind.name} lists no {kind.contents} {name!r} (it has "
+                             f"{sorted(entries)}); {kind.fix}")
+        check_listed_file(folder, entries[name], kind, what.format(name=name))
     return manifest
 
 
@@ -70,22 +138,4 @@ def verify_folder(folder: str | os.PathLike, graphs: list[str] | None = None) ->
     Raises :class:`ModelFolderError` naming the first missing, truncated or
     altered file.
     """
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    entries = manifest.get("graphs", {})
-    for name in graphs or list(entries):
-        if name not in entries:
-            raise ModelFolderError(f"{folder / MANIFEST_NAME} lists no graph {name!r} "
-                                   f"(it has {sorted(entries)}); re-export the folder")
-        entry = entries[name]
-        path = folder / entry["file"]
-        if not path.is_file():
-            raise ModelFolderError(f"{path} is missing; re-export the folder")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise ModelFolderError(f"{path} has {size} bytes, the manifest says {entry['bytes']}: "
-                                   "the file is truncated or replaced; re-export the folder")
-        if sha256_of(path) != entry["sha256"]:
-            raise ModelFolderError(f"{path} does not match its SHA-256 in the manifest: the "
-                                   "file was altered; re-export the folder")
-    return manifest
+    return verify_listed(folder, ONNX_FOLDER, graphs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 import tempfile
 import warnings
@@ -14,7 +13,7 @@ import onnx
 import torch
 from torch import nn
 
-from hirn.core.constants import FP32_GRAPHS, MIN_SIZE, PRECISIONS, SCALE, SIZE_MULTIPLE
+from hirn.core.constants import MIN_SIZE, PRECISIONS, SCALE, SIZE_MULTIPLE
 from hirn.core.errors import ModelFolderError
 from hirn.core.graphs import FLOW, FRAME, OUTPUT, GraphSpec, graph_specs
 from hirn.train import HiRN, load_model
@@ -59,18 +58,6 @@ def sample_inputs(spec: GraphSpec, precision: str, batch: int = 2,
             x = (x - 0.5) * 4
         tensors.append(x.to(dtype))
     return tuple(tensors)
-
-
-def _graph_modules(model: HiRN, precision: str) -> dict[str, nn.Module]:
-    """Modules by graph name; in FP16 all but the flow graphs run in half precision."""
-    modules = model.steps.named()
-    if precision == "fp16":
-        half = copy.deepcopy(model).half()
-        half.__dict__["_steps"] = None
-        for name, module in half.steps.named().items():
-            if name not in FP32_GRAPHS:
-                modules[name] = module
-    return modules
 
 
 class _TracedConv(torch.autograd.Function):
@@ -172,7 +159,7 @@ def export_onnx(checkpoint: str | Path | None, output: str | Path,
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
-        modules = _graph_modules(model, options.precision)
+        modules = model.step_modules(options.precision)
         specs = [s for s in graph_specs(model.mid_channels) if not graphs or s.name in graphs]
         entries = {}
         for spec in specs:

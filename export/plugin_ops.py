@@ -29,6 +29,7 @@ from hirn.train.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
 PYOP_DOMAIN = "ai.onnx.contrib"  # onnxruntime_extensions.default_opset_domain()
 INTS_ATTRIBUTES = ("stride", "padding", "dilation")
 NUM_INPUTS = 5  # input, offset, mask, weight, bias
+PARSER_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # read by TensorRT's ONNX parser
 
 
 def _import_extensions():
@@ -107,6 +108,10 @@ def cpu_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ValueError(f"{node.name}: weight {node.input[3]!r} must be an FP32 or FP16 "
                              "initializer of the graph")
         node.domain = PYOP_DOMAIN
+        # The parser's lookup keys are no attributes of the op itself.
+        keep = [a for a in node.attribute if a.name not in PARSER_ATTRIBUTES]
+        node.ClearField("attribute")
+        node.attribute.extend(keep)
         for attr in node.attribute:
             if attr.name in INTS_ATTRIBUTES and attr.type == onnx.AttributeProto.INTS:
                 values = list(attr.ints)

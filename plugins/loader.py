@@ -12,18 +12,21 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
+import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from hirn.core.errors import KernelBuildError, KernelInputError, KernelRuntimeError
+from hirn.core.files import atomic_path
 
+log = logging.getLogger(__name__)
 KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
 SOURCES = ("deform_conv.cu", "deform_conv.cuh", "deform_conv.h")
 LIBRARY_NAME = "libhirn_dcn.so"
-ABI_VERSION = 1  # HIRN_DEFORM_CONV_ABI_VERSION in deform_conv.h
+ABI_VERSION = 2  # HIRN_DEFORM_CONV_ABI_VERSION in deform_conv.h
 # Ampere (A100) and Hopper (H100); override with HIRN_CUDA_ARCHS="86;89" or the archs argument.
 DEFAULT_ARCHS = ("80", "90")
 
@@ -40,13 +43,106 @@ class DeformConvShape(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in SHAPE_FIELDS]
 
 
-def find_nvcc() -> str | None:
-    """nvcc from ``HIRN_NVCC``, the PATH, ``CUDA_HOME`` or /usr/local/cuda; None if absent."""
+# Versioned toolkits beside /usr/local/cuda, searched for an nvcc of the CUDA major wanted.
+VERSIONED_CUDA_ROOTS = "/usr/local/cuda-*"
+# TensorRT wheels name their CUDA major: tensorrt-cu12, tensorrt_cu13_libs, ...
+TENSORRT_WHEEL = re.compile(r"tensorrt[-_]cu(\d+)", re.IGNORECASE)
+
+
+def nvcc_candidates() -> list[str]:
+    """Every nvcc found: ``HIRN_NVCC``, the PATH, ``CUDA_HOME``, /usr/local/cuda, then the
+    versioned toolkits (newest first); duplicates removed."""
     candidates = [os.environ.get("HIRN_NVCC"), shutil.which("nvcc")]
     for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if root:
             candidates.append(str(Path(root) / "bin" / "nvcc"))
-    return next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+    versioned = sorted(Path("/").glob(VERSIONED_CUDA_ROOTS.lstrip("/") + "/bin/nvcc"),
+                       key=lambda p: [int(n) for n in re.findall(r"\d+", p.parent.parent.name)],
+                       reverse=True)
+    candidates += [str(p) for p in versioned]
+    found = [c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)]
+    return list(dict.fromkeys(found))
+
+
+def find_nvcc(major: int | None = None) -> str | None:
+    """The first of ``nvcc_candidates()`` (of CUDA ``major`` when given); None if absent."""
+    return next((c for c in nvcc_candidates()
+                 if major is None or (cuda_version(c) or (None,))[0] == major), None)
+
+
+@functools.cache
+def cuda_version(nvcc: str) -> tuple[int, int] | None:
+    """(major, minor) of the CUDA toolkit an nvcc belongs to; None if it does not say."""
+    try:
+        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The newest CUDA the installed driver runs (``cuDriverGetVersion``); None without one."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int()
+        if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return version.value // 1000, version.value % 1000 // 10
+
+
+def tensorrt_cuda_major() -> tuple[int, str] | None:
+    """The CUDA major of the installed TensorRT wheels, and the wheel that says so; None when
+    none is installed (a tarball or Debian TensorRT: set ``HIRN_CUDA_MAJOR``)."""
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        match = TENSORRT_WHEEL.match(name)
+        if match:
+            return int(match[1]), f"{name} {dist.version}"
+    return None
+
+
+def choose_nvcc(nvcc: str | None = None) -> tuple[str, str]:
+    """The nvcc to build with and a sentence saying why.
+
+    The library links the CUDA runtime of its nvcc statically, and a CUDA 13 runtime needs an
+    R580+ driver. So: never newer than the driver when one is present; of the CUDA major of
+    ``HIRN_CUDA_MAJOR``, else of the installed TensorRT wheel (on a machine without a driver,
+    the best guess at what the target's driver runs; with one, a preference).
+    """
+    wanted, why, strict = None, "no TensorRT wheel and no HIRN_CUDA_MAJOR", False
+    if os.environ.get("HIRN_CUDA_MAJOR"):
+        wanted, why, strict = int(os.environ["HIRN_CUDA_MAJOR"]), "HIRN_CUDA_MAJOR", True
+    elif (trt := tensorrt_cuda_major()) is not None:
+        wanted, why = trt[0], f"TensorRT is built for CUDA {trt[0]} ({trt[1]})"
+    driver = driver_cuda_version()
+    strict = strict or driver is None
+    found = [nvcc] if nvcc else nvcc_candidates()
+    versions = {c: cuda_version(c) for c in found}
+    # Those of the wanted major first, in the order found.
+    ordered = sorted(versions.items(), key=lambda cv: wanted is not None
+                     and (cv[1] is None or cv[1][0] != wanted))
+    for candidate, version in ordered:
+        if version is None and (wanted or driver):
+            continue
+        if wanted is not None and strict and version[0] != wanted:
+            continue
+        if driver is not None and version[0] > driver[0]:
+            continue
+        release = f"CUDA {version[0]}.{version[1]}" if version else "CUDA of unknown version"
+        reason = why if wanted is None or version[0] == wanted else f"no CUDA {wanted} nvcc ({why})"
+        limit = f"; the driver runs CUDA {driver[0]}.{driver[1]}" if driver else ""
+        return candidate, f"{candidate} ({release}): {reason}{limit}"
+    listed = ", ".join(f"{c} ({'.'.join(map(str, v)) if v else '?'})" for c, v in versions.items())
+    need = [f"CUDA {wanted} ({why})" if wanted is not None and strict else None,
+            f"at most CUDA {driver[0]}, what the driver runs" if driver else None]
+    raise KernelBuildError(
+        f"no nvcc fits: need {' and '.join(filter(None, need))}; found {listed or 'none'}. "
+        "Install that CUDA toolkit and set HIRN_NVCC to its nvcc, or set HIRN_CUDA_MAJOR.")
 
 
 def default_archs() -> tuple[str, ...]:
@@ -97,10 +193,10 @@ def compile_kernel_library(archs: tuple[str, ...] | None = None, nvcc: str | Non
     archs = tuple(archs) if archs else default_archs()
     if not archs or not all(a.isdigit() for a in archs):
         raise KernelBuildError(f"CUDA architectures must look like ('80', '90'), got {archs}")
-    nvcc = nvcc or find_nvcc()
-    if nvcc is None:
+    if nvcc is None and not nvcc_candidates():
         raise KernelBuildError("nvcc not found: install the CUDA toolkit (12.x or 13.x), or set "
                                "HIRN_NVCC or CUDA_HOME")
+    nvcc, choice = choose_nvcc(nvcc)
     flags = nvcc_flags(archs)
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256()
@@ -111,16 +207,14 @@ def compile_kernel_library(archs: tuple[str, ...] | None = None, nvcc: str | Non
     target = (cache or cache_dir() / "kernels") / digest.hexdigest()[:20] / LIBRARY_NAME
     if target.exists() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building %s with %s", LIBRARY_NAME, choice)
     # Build beside the target and rename: concurrent builds never see a half-written library.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    cmd = [nvcc, *flags, "-o", tmp, str(KERNEL_DIR / "deform_conv.cu")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        Path(tmp).unlink(missing_ok=True)
-        raise KernelBuildError(f"nvcc failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
-    os.replace(tmp, target)
+    with atomic_path(target, suffix=".so") as tmp:
+        cmd = [nvcc, *flags, "-o", str(tmp), str(KERNEL_DIR / "deform_conv.cu")]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KernelBuildError(f"nvcc failed ({' '.join(cmd)}; {choice}):\n"
+                                   f"{result.stderr[-4000:]}")
     return target
 
 
@@ -139,9 +233,9 @@ def load_kernel(path: str | None = None) -> ctypes.CDLL:
     lib.hirn_deform_conv_check.argtypes = [shape_p, ctypes.c_int]
     lib.hirn_deform_conv_workspace_size.argtypes = [shape_p, ctypes.c_int]
     lib.hirn_deform_conv_workspace_size.restype = ctypes.c_size_t
-    lib.hirn_deform_conv_forward.argtypes = [shape_p, ctypes.c_int] + [vp] * 7 + [
-        ctypes.c_size_t, vp]
-    lib.hirn_deform_conv_forward_host.argtypes = [shape_p, ctypes.c_int] + [vp] * 6
+    dtypes = [ctypes.c_int] * 3  # features, offset, mask
+    lib.hirn_deform_conv_forward.argtypes = [shape_p, *dtypes] + [vp] * 7 + [ctypes.c_size_t, vp]
+    lib.hirn_deform_conv_forward_host.argtypes = [shape_p, *dtypes] + [vp] * 6
     lib.hirn_deform_conv_last_error.restype = ctypes.c_char_p
     for name in ("output_size", "check", "forward", "forward_host"):
         getattr(lib, f"hirn_deform_conv_{name}").restype = ctypes.c_int
@@ -170,9 +264,12 @@ def describe(input, offset, mask, weight, bias, stride, padding, dilation) -> De
     if input.dtype not in (torch.float32, torch.float16):
         raise KernelInputError(f"input dtype must be float32 or float16, got {input.dtype}")
     for name, t in given.items():
-        if t.dtype != input.dtype or t.device != input.device:
+        # Offsets and mask may stay FP32 beside FP16 features (exact sampling positions).
+        allowed = {input.dtype, torch.float32} if name in ("offset", "mask") else {input.dtype}
+        if t.dtype not in allowed or t.device != input.device:
             raise KernelInputError(f"{name} is {t.dtype} on {t.device}; every tensor must be "
-                                   f"{input.dtype} on {input.device} like input")
+                                   f"{input.dtype} on {input.device} like input (offset and "
+                                   "mask may also be torch.float32)")
     ranks = {"input": 4, "offset": 4, "mask": 4, "weight": 4, "bias": 1}
     for name, t in given.items():
         if t.dim() != ranks[name]:
@@ -210,6 +307,13 @@ def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
     raise cls(f"{what}: {STATUS_NAMES.get(status, status)}: {detail}")
 
 
+def _dtype_code(t) -> int:
+    """``hirn_dtype_t`` of a float16 or float32 tensor."""
+    import torch
+
+    return DTYPE_FLOAT16 if t.dtype == torch.float16 else DTYPE_FLOAT32
+
+
 def _bind(input, offset, mask, weight, bias, stride, padding, dilation, device: str):
     """Check the call once; return a function that runs it and returns its output tensor."""
     import torch
@@ -218,7 +322,8 @@ def _bind(input, offset, mask, weight, bias, stride, padding, dilation, device: 
     if input.device.type != device:
         raise KernelInputError(f"tensors must be on {device}, got {input.device}")
     lib = load_kernel()
-    dtype = DTYPE_FLOAT16 if input.dtype == torch.float16 else DTYPE_FLOAT32
+    dtype = _dtype_code(input)
+    dtypes = (dtype, _dtype_code(offset), _dtype_code(mask) if mask is not None else dtype)
     _check(lib, lib.hirn_deform_conv_check(ctypes.byref(shape), dtype), "deform_conv")
     out = torch.empty(shape.batch, shape.out_channels, *offset.shape[2:], dtype=input.dtype,
                       device=input.device)
@@ -229,7 +334,7 @@ def _bind(input, offset, mask, weight, bias, stride, padding, dilation, device: 
     ptrs.append(ctypes.c_void_p(out.data_ptr()))
     if device == "cpu":
         def run():
-            _check(lib, lib.hirn_deform_conv_forward_host(ctypes.byref(shape), dtype, *ptrs),
+            _check(lib, lib.hirn_deform_conv_forward_host(ctypes.byref(shape), *dtypes, *ptrs),
                    "deform_conv")
             _ = args  # alive as long as the closure
             return out
@@ -238,14 +343,28 @@ def _bind(input, offset, mask, weight, bias, stride, padding, dilation, device: 
     size = lib.hirn_deform_conv_workspace_size(ctypes.byref(shape), dtype)
     workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=input.device)
     workspace_ptr = ctypes.c_void_p(workspace.data_ptr())
+    # out, workspace and the contiguous copies belong to the stream current now; run() launches
+    # on the stream current at its call (a CUDA-graph capture uses its own).
+    bound_stream = torch.cuda.current_stream(input.device)
+    owned = [t for t in (out, workspace, *args) if t is not None]
+    streams_in_use = {bound_stream.cuda_stream}
 
     def run():
+        current = torch.cuda.current_stream(out.device)
+        if current.cuda_stream not in streams_in_use:
+            # Once per new stream: wait for the allocations' stream (their memory may still be
+            # in use by earlier work there; torch.cuda.graph synchronises before a capture), and
+            # tell the caching allocator not to reuse them while that stream may run the kernel.
+            if not torch.cuda.is_current_stream_capturing():
+                current.wait_stream(bound_stream)
+            for t in owned:
+                t.record_stream(current)
+            streams_in_use.add(current.cuda_stream)
         with torch.cuda.device(out.device):
-            stream = ctypes.c_void_p(torch.cuda.current_stream(out.device).cuda_stream)
-            status = lib.hirn_deform_conv_forward(ctypes.byref(shape), dtype, *ptrs,
-                                                  workspace_ptr, size, stream)
+            status = lib.hirn_deform_conv_forward(ctypes.byref(shape), *dtypes, *ptrs,
+                                                  workspace_ptr, size,
+                                                  ctypes.c_void_p(current.cuda_stream))
         _check(lib, status, "deform_conv")
-        _ = (args, workspace)  # alive as long as the closure
         return out
     return run
 

@@ -12,40 +12,28 @@ each process takes the files ``i % WORLD_SIZE == RANK`` of the sorted list, and 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hirn.core.errors import BatchError, HirnError
-from hirn.runtime.video_reader import IMAGE_SUFFIXES, natural_key
+from hirn.core.files import natural_key
+from hirn.core.launch import ProcessLayout
+from hirn.runtime.video_reader import IMAGE_SUFFIXES
 from hirn.runtime.video_writer import VIDEO_FORMATS
+
+logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts",
                   ".m2ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m", ".mxf", ".vob")
 
 
 @dataclass(frozen=True)
-class Shard:
-    """This process's share of a batch: files ``i % world_size == rank``."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> Shard:
-        """The share torchrun gives this process (one process when not under torchrun)."""
-        try:
-            rank = int(os.environ.get("RANK", 0))
-            world = int(os.environ.get("WORLD_SIZE", 1))
-            local = int(os.environ.get("LOCAL_RANK", rank))
-        except ValueError as error:
-            raise BatchError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({error})"
-                             ) from error
-        if world < 1 or not 0 <= rank < world:
-            raise BatchError(f"RANK={rank} does not fit WORLD_SIZE={world}")
-        return cls(rank, world, local)
+class Shard(ProcessLayout):
+    """This process's share of a batch: files ``i % world_size == rank``
+    (``Shard.from_env()``: the share torchrun gives it)."""
 
     def takes(self, index: int) -> bool:
         return index % self.world_size == self.rank
@@ -118,8 +106,7 @@ class BatchReport:
 
 
 def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, shard: Shard,
-              upscale_one: Callable[[Path, Path], None],
-              say: Callable[[str], None]) -> BatchReport:
+              upscale_one: Callable[[Path, Path], None]) -> BatchReport:
     """Upscale this process's share of ``folder`` with ``upscale_one(input, output)``.
 
     A file that fails (a damaged video, say) is reported and the batch goes on; Ctrl-C stops
@@ -134,8 +121,8 @@ def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, sh
             report.skipped.append(video)
         else:
             todo.append((video, output))
-    say(f"{shard.label}{folder}: {len(pairs)} videos, {len(mine)} for this process, "
-        f"{len(report.skipped)} already done")
+    logger.info("%s%s: %d videos, %d for this process, %d already done", shard.label, folder,
+                len(pairs), len(mine), len(report.skipped))
     if todo:
         outdir.mkdir(parents=True, exist_ok=True)
     for video, output in todo:
@@ -143,7 +130,7 @@ def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, sh
             upscale_one(video, output)
         except HirnError as error:
             report.failed.append((video, str(error)))
-            say(f"{shard.label}failed: {video.name}: {error}")
+            logger.warning("%sfailed: %s: %s", shard.label, video.name, error)
             continue
         report.done.append(video)
     return report

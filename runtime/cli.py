@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from hirn.core.errors import BackendError, HirnError
+from hirn.core.errors import HirnError
+from hirn.core.logs import logging_options
 from hirn.runtime.backends.base import BACKENDS, BackendConfig
 from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig
 from hirn.runtime.video_writer import CODECS, DEFAULT_CRF
@@ -42,13 +43,12 @@ folder of PNGs. It appears only when complete; the input is never touched.
 Long videos run in windows of --window frames, each reading --overlap more
 frames on either side as context (and at least 16 frames in all, the length of
 HiRN's groups). Memory is bounded by the window, not by the length of the video:
-the published model keeps about 1.5 KiB per LR pixel for each frame a window
-reads (2.6 GiB for the default {DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames at 320x180, 19 GiB at
-720x576). A window whose held features and decode batch alone exceed the free
-memory (of the GPU, or of this machine) is refused before any work, with the
---batch-size or --window that fits. With the defaults the output stays within
-about one 8-bit level of processing the whole clip at once (74 dB PSNR on a Vid4
-calendar crop; benchmarks/results/windowing.md).
+it grows with the frames a window reads and their size (measured in
+benchmarks/results/window_memory.md). A window whose held features and decode
+batch alone exceed the free memory (of the GPU, or of this machine) is refused
+before any work, with the --batch-size or --window that fits. With the defaults
+({DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames) the output stays close to processing the whole
+clip at once (benchmarks/results/windowing.md).
 """
 
 
@@ -78,8 +78,8 @@ def _device(ctx, param, value: str) -> str:
               help="torch backend: fp16 features, fp32 flows (CUDA) [default: fp32]; an "
                    "ONNX folder runs in the precision it was exported in")
 @click.option("--compile", "compile_steps", is_flag=True,
-              help="torch backend: compile the step modules with torch.compile (minutes "
-                   "of warm-up; for long videos on a GPU)")
+              help="torch backend: compile the step modules with torch.compile (a long "
+                   "warm-up, for long videos on a GPU; benchmarks/results/torch_backend_cpu.md)")
 @click.option("--cuda-graphs", is_flag=True,
               help="torch and tensorrt backends on CUDA: replay the steps from CUDA graphs "
                    "(torch: implies --compile)")
@@ -98,12 +98,10 @@ def _device(ctx, param, value: str) -> str:
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True),
               help="frame rate of an image-folder input [default: 25]")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUTPUT")
-@click.option("-q", "--quiet", is_flag=True,
-              help="no progress bar and no information lines (notes about the input and "
-                   "the final summary line are still printed)")
 @click.option("--frames", type=click.IntRange(min=1),
               help="demo only: length of the synthetic clip [default: 8]")
 @click.pass_context
+@logging_options
 def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_dir,
          engines_dir, backend, device, precision, compile_steps, cuda_graphs, codec, crf,
          window, overlap, batch_size, threads, fps, overwrite, quiet, frames) -> None:
@@ -172,26 +170,11 @@ def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
 
 
 def _resolve(config: BackendConfig) -> BackendConfig:
-    """The backend inferred from the weights given; precision checked against it."""
+    """The backend inferred from the weights given; the backend checks its own options when
+    its runner is made (``create_runner``)."""
     from hirn.runtime.weights import infer_backend
 
-    config = infer_backend(config)
-    if config.compile_steps and config.backend != "torch":
-        raise BackendError(f"--compile applies to the torch backend only (this run uses "
-                           f"{config.backend}): leave it out")
-    if config.cuda_graphs and config.backend == "onnxruntime":
-        raise BackendError("--cuda-graphs applies to the torch and tensorrt backends only: "
-                           "leave it out with --onnx")
-    if config.backend == "onnxruntime" and config.precision and config.onnx_dir:
-        from hirn.export.manifest import read_manifest
-
-        exported = read_manifest(config.onnx_dir).get("precision")
-        if exported != config.precision:
-            raise BackendError(
-                f"{config.onnx_dir} holds {exported} graphs, not {config.precision}: leave "
-                f"--precision out, or export {config.precision} graphs (hirn-export onnx "
-                f"--precision {config.precision})")
-    return replace(config, precision=config.precision or "fp32")
+    return infer_backend(config)
 
 
 def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -> None:
@@ -199,7 +182,7 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
     from hirn.core.errors import BatchError
     from hirn.runtime.batch import Shard, is_batch, run_batch
     from hirn.runtime.pipeline import upscale_file
-    from hirn.runtime.progress import info
+    from hirn.runtime.progress import info, summary
 
     shard = Shard.from_env()
     if backend.device == "cuda" and shard.world_size > 1:
@@ -209,20 +192,20 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
     def get_runner():
         nonlocal runner
         if runner is None:
-            from hirn.runtime.weights import build_runner
+            from hirn.runtime.backends import create_runner
 
-            runner = build_runner(backend)
+            runner = create_runner(backend)
             info(f"{shard.label}{runner.describe()}; windows write {config.window} frames "
                  f"and read {config.overlap} more on each side", config.quiet)
         return runner
 
     def upscale_one(video: Path, out: Path) -> None:
-        upscale_file(video, out, get_runner, config, batch_size=backend.batch_size,
-                     label=shard.label)
+        stats = upscale_file(video, out, get_runner, config, batch_size=backend.batch_size,
+                             label=shard.label)
+        click.echo(shard.label + summary(stats.frames, stats.seconds, out))
 
     if input.is_dir() and is_batch(input):
-        report = run_batch(input, output, config.codec, config.overwrite, shard, upscale_one,
-                           say=lambda text: info(text, config.quiet))
+        report = run_batch(input, output, config.codec, config.overwrite, shard, upscale_one)
         click.echo(report.line(shard))
         if report.failed:
             listing = "\n  ".join(f"{video.name}: {why}" for video, why in report.failed)

@@ -10,6 +10,7 @@ the pipeline working, not what HiRN can do, and the demo says so.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -103,7 +104,7 @@ def run_demo(folder: Path, backend: BackendConfig, frames: int | None = None,
     """Make the clip, upscale it, write the results into ``folder``; returns the PSNRs."""
     import cv2
 
-    from hirn.runtime.weights import build_runner
+    from hirn.runtime.backends import create_runner
     from hirn.train.metrics import psnr
 
     frames = frames or DEMO_FRAMES
@@ -116,11 +117,11 @@ def run_demo(folder: Path, backend: BackendConfig, frames: int | None = None,
                    overwrite=True) as sink:
         for image in lr:
             sink.write(image)
-    untrained = backend.checkpoint is None and backend.onnx_dir is None
+    untrained = backend.weights is None  # no checkpoint, ONNX folder or engines given
     info(f"hirn-run demo: {frames} synthetic frames, {width}x{height} -> "
          f"{SCALE * width}x{SCALE * height}", quiet)
-    runner = build_runner(backend, untrained=True)
-    info(f"weights: {'untrained, seed 0' if untrained else backend.checkpoint or backend.onnx_dir}"
+    runner = create_runner(replace(backend, allow_untrained=True))
+    info(f"weights: {'untrained, seed 0' if untrained else backend.weights}"
          f"; {runner.describe()}", quiet)
     if untrained:
         click.echo(f"NOTE: {UNTRAINED}")

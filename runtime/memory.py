@@ -23,6 +23,8 @@ from hirn.runtime.windows import max_frames_read
 
 _GIB = 2**30
 _HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
+_FLOAT32 = 4  # bytes: frames and flows are FP32 in every precision (hirn.core.graphs)
+_FLOW_CHANNELS = 2
 
 
 def window_bytes(runner: Runner, frames: int, height: int, width: int,
@@ -32,11 +34,10 @@ def window_bytes(runner: Runner, frames: int, height: int, width: int,
     half of them: 2 channels of the ~260 held per pixel), and the decode of one batch."""
     h, w = padded_size(height, width)
     plan = make_plan(frames)
-    # one pixel's bytes, times the pixels (allocating whole maps here would cost gigabytes)
-    feature_map = runner.zeros("feature", 1, 1, 1).nbytes * h * w
-    flow = runner.zeros("flow", 1, 1, 1).nbytes * h * w
-    lq = 3 * h * w * 4  # float32 frames on the device
-    hr_map = feature_map // runner.mid_channels * _HR_CHANNELS * SCALE**2
+    feature_map = runner.mid_channels * runner.element_size * h * w
+    flow = _FLOW_CHANNELS * _FLOAT32 * h * w
+    lq = 3 * _FLOAT32 * h * w
+    hr_map = _HR_CHANNELS * runner.element_size * h * w * SCALE**2
     decode = min(batch_size, frames) * 2 * hr_map
     return (frames * (lq + feature_map) + len(plan.computed()) * feature_map
             + len(plan.flows()) * flow + decode)
@@ -45,10 +46,12 @@ def window_bytes(runner: Runner, frames: int, height: int, width: int,
 def available_bytes(runner: Runner) -> int | None:
     """Free memory where the runner keeps its arrays (a CUDA device, or this host); None
     when it cannot be read."""
-    device = getattr(runner.zeros("flow", 1, 1, 1), "device", None)
-    if getattr(device, "type", None) == "cuda":
+    if str(runner.device).startswith("cuda"):
         import torch
 
+        device = torch.device(str(runner.device))
+        if device.index is None:  # "cuda": the current device, where its arrays go
+            device = torch.device("cuda", torch.cuda.current_device())
         # PyTorch's cache (an earlier video's windows) is free to this run too
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return torch.cuda.mem_get_info(device)[0] + cached

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import click
 import numpy as np
 
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import upscale_clip
 from hirn.runtime.memory import check_window_fits
 from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_uint8
-from hirn.runtime.progress import info, note, progress_bar, summary
+from hirn.runtime.progress import info, note, progress_bar
 from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
 from hirn.runtime.windows import GOP_FRAMES, check_window, iter_windows
 
@@ -84,8 +83,9 @@ def open_output(source: FrameSource, output: str | os.PathLike, config: RunConfi
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
                  get_runner: Callable[[], Runner], config: RunConfig, *, batch_size: int = 4,
                  label: str = "") -> RunStats:
-    """Upscale one file or image folder into ``output``, with notes, a progress bar and a
-    summary line; the runner is asked for only once the input and output are known good."""
+    """Upscale one file or image folder into ``output``, with notes and a progress bar; the
+    runner is asked for only once the input and output are known good. The caller reports
+    the returned stats (see :func:`~hirn.runtime.progress.summary`)."""
     source = open_source(input, fps=config.fps)
     info(label + describe_input(source), config.quiet)
     if config.fps is not None and not Path(input).is_dir():
@@ -102,7 +102,6 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     for text in source.notes + sink.notes:
         if text not in shown:
             note(text)
-    click.echo(label + summary(stats.frames, stats.seconds, output))
     return stats
 
 

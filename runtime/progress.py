@@ -1,12 +1,17 @@
-"""What ``hirn-run`` shows while it works: a progress bar, notes, and a summary line."""
+"""What ``hirn-run`` shows while it works: a progress bar, notes, and a summary line.
+
+Information lines and notes go to this module's logger; the command decides what reaches
+the terminal (:mod:`hirn.core.logs`).
+"""
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 from contextlib import contextmanager
 
-import click
+logger = logging.getLogger(__name__)
 
 
 def peak_memory() -> str:
@@ -50,12 +55,13 @@ def progress_bar(total: int | None, label: str, quiet: bool):
         bar.close()
 
 
-def info(text: str, quiet: bool) -> None:
-    """An information line on stderr, unless quiet."""
+def info(text: str, quiet: bool = False) -> None:
+    """An information line (what is being done), unless quiet; hidden by ``--quiet``."""
     if not quiet:
-        click.echo(text, err=True)
+        logger.info(text)
 
 
 def note(text: str) -> None:
-    """A note about the data (a conversion, something not carried over): always shown."""
-    click.echo(f"note: {text}", err=True)
+    """A note about the data (a conversion, something not carried over): a warning, so that
+    ``--quiet`` still shows it."""
+    logger.warning("note: %s", text)

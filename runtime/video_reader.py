@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from hirn.core.errors import DecodeError, SourceError
+from hirn.core.files import natural_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".pnm")
@@ -74,11 +75,6 @@ class FrameSource:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.path)!r}, {self.width}x{self.height}, "
                 f"frames={self.frame_count}, fps={self.fps}, audio={self.has_audio})")
-
-
-def natural_key(name: str) -> list:
-    """Sort key that puts ``frame2`` before ``frame10``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,69 +1,15 @@
-"""Which weights a run uses: a checkpoint of any model size, an ONNX folder, or the demo's
-untrained model; and the runner that executes them.
+"""Which backend a run uses, from the one source of weights given: a checkpoint (torch), an
+ONNX folder (onnxruntime) or an engine folder (tensorrt). Loads nothing heavy.
 
-``hirn.train.load_model`` builds the published configuration (64 channels, 7 blocks) unless
-told otherwise; a checkpoint of another size (a small model trained for a quick test) carries
-its configuration in its weight shapes, which :func:`checkpoint_config` reads back.
+Building the runner is :func:`hirn.runtime.backends.create_runner`'s alone.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
-from pathlib import Path
 
 from hirn.core.errors import BackendError
-from hirn.runtime.backends import BackendConfig, Runner, create_runner
-
-DEMO_SEED = 0  # the demo's untrained weights: HiRN() right after torch.manual_seed(0)
-_BLOCK_KEY = re.compile(r"backbone\.backward_1\.main\.2\.(\d+)\.")
-_CHANNELS_KEY = "feat_extract.main.0.weight"
-
-
-def checkpoint_config(path: str | Path) -> dict:
-    """``HiRN`` constructor arguments (mid_channels, num_blocks) read from a checkpoint's
-    weight shapes; empty when they cannot be read (``load_model`` then reports why)."""
-    import torch
-
-    from hirn.train.checkpoint import extract_state_dict
-
-    try:
-        state = extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception:  # torch raises many types for a damaged file; load_model says which
-        return {}
-    weight = state.get(_CHANNELS_KEY)
-    blocks = {int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))}
-    if weight is None or weight.dim() != 4 or not blocks:
-        return {}
-    return {"mid_channels": int(weight.shape[0]), "num_blocks": max(blocks) + 1}
-
-
-def untrained_model():
-    """The published architecture with random weights (seeded: the same on every machine)."""
-    import torch
-
-    from hirn.train import HiRN
-
-    torch.manual_seed(DEMO_SEED)
-    return HiRN().eval()
-
-
-def build_runner(config: BackendConfig, *, untrained: bool = False) -> Runner:
-    """The runner of ``config``; ``untrained`` allows the torch backend without a checkpoint
-    (the demo), which a real run refuses."""
-    if config.backend != "torch":
-        return create_runner(config)
-    if config.checkpoint is None and not untrained:
-        raise BackendError("no weights given: pass --checkpoint FILE (a .pth of HiRN), "
-                           "--onnx DIR (from hirn-export onnx) or --engines DIR")
-    from hirn.runtime.backends.torch_backend import TorchRunner
-    from hirn.train import load_model
-
-    if config.checkpoint is None:
-        model = untrained_model()
-    else:
-        model = load_model(config.checkpoint, **checkpoint_config(config.checkpoint))
-    return TorchRunner.from_config(config, model)
+from hirn.runtime.backends.base import BackendConfig
 
 
 def infer_backend(config: BackendConfig) -> BackendConfig:

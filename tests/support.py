@@ -52,6 +52,9 @@ EXACT_F64_ATOL = 1e-12   # two forms of one float64 computation (same weights, o
 FP16_UPSAMPLE_ATOL = 1e-2  # bicubic x2 in FP16 vs FP32, inputs of unit scale
 COMPILED_ATOL = 1e-4     # a torch.compile'd step module vs the eager one (CPU, float32)
 COMPILED_MIN_PSNR_DB = 60.0  # whole clip, compiled (+ CUDA graphs) runner vs eager (GPU)
+RUN_MAX_LEVELS = 1       # 8-bit levels between hirn-run's output and the model's (or
+                         # another backend's hirn-run output)
+RUN_MIN_SHARE_WITHIN = 0.999  # share of pixels that must be within RUN_MAX_LEVELS
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600):

@@ -2,13 +2,16 @@
 
 A published checkpoint is a dict with the state dict under ``params`` (and
 ``params_ema`` when trained with EMA). Bare state dicts and ``module.``
-prefixes (DataParallel / DDP) are accepted too.
+prefixes (DataParallel / DDP) are accepted too. A checkpoint describes its own
+model size: the weight shapes give ``mid_channels`` and ``num_blocks``, and a
+``model`` entry (written by ``hirn-train``) states them too; other top-level
+entries (``provenance``, ...) are ignored.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,9 +19,17 @@ import torch
 from torch import Tensor, nn
 
 from hirn.core.errors import CheckpointError
+from hirn.core.files import atomic_file
 
 PARAM_KEYS = ("params", "params_ema")
+MODEL_KEY = "model"  # {"mid_channels": ..., "num_blocks": ...}, when the checkpoint says
+MODEL_OPTIONS = ("mid_channels", "num_blocks")  # the HiRN arguments a checkpoint decides
 _SHOWN = 5  # keys listed per kind of mismatch
+# Weights whose shapes give the model size: the first convolution's output channels, and the
+# residual blocks of one propagation backbone (every backbone has as many).
+_CHANNELS_KEY = "feat_extract.main.0.weight"
+_BACKBONE_KEY = "backbone.backward_1.main.0.weight"
+_BLOCK_KEY = re.compile(r"backbone\.backward_1\.main\.2\.(\d+)\.")
 
 
 def _read(path: str | os.PathLike, map_location) -> object:
@@ -40,7 +51,8 @@ def _is_state_dict(obj: object) -> bool:
 
 def extract_state_dict(checkpoint: object, param_key: str | None = None,
                        source: str = "checkpoint") -> dict[str, Tensor]:
-    """The state dict inside a loaded checkpoint, ``module.`` prefixes removed.
+    """The state dict inside a loaded checkpoint, ``module.`` prefixes removed; other
+    top-level entries (``model``, ``provenance``, ...) are ignored.
 
     Args:
         checkpoint: what ``torch.load`` returned.
@@ -102,21 +114,69 @@ def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]
                               + "\nIs it a checkpoint of the same model and configuration?")
 
 
-def load_state(model: nn.Module, path: str | os.PathLike, *, param_key: str | None = None,
-               strict: bool = True, map_location="cpu") -> nn.Module:
-    """Load a checkpoint file into ``model`` (in place) and return it."""
-    state = extract_state_dict(_read(path, map_location), param_key, source=str(path))
+def config_from_shapes(state: Mapping[str, Tensor]) -> dict[str, int]:
+    """``mid_channels`` and ``num_blocks`` read from a state dict's weight shapes; only those
+    that can be read (a state dict of another network gives none)."""
+    config = {}
+    weight = state.get(_CHANNELS_KEY)
+    if isinstance(weight, Tensor) and weight.dim() == 4:
+        config["mid_channels"] = int(weight.shape[0])
+    if _BACKBONE_KEY in state:
+        blocks = [int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))]
+        config["num_blocks"] = max(blocks) + 1 if blocks else 0
+    return config
+
+
+def model_config(checkpoint: object, state: Mapping[str, Tensor],
+                 source: str = "checkpoint") -> dict[str, int]:
+    """The ``HiRN`` arguments a checkpoint was trained with.
+
+    Its ``model`` entry (what ``hirn-train`` writes) where present, checked against the
+    weight shapes (a disagreement means that one of them was edited); the shapes fill in
+    what it lacks, and alone describe published and older checkpoints.
+    """
+    shapes = config_from_shapes(state)
+    stated = checkpoint.get(MODEL_KEY) if isinstance(checkpoint, Mapping) else None
+    if stated is None:
+        return shapes
+    if not isinstance(stated, Mapping):
+        raise CheckpointError(f"{source}[{MODEL_KEY!r}] is a {type(stated).__name__}, not a "
+                              f"dict of model options such as {list(MODEL_OPTIONS)}")
+    stated = {k: stated[k] for k in MODEL_OPTIONS if k in stated}
+    if conflicts := [f"{k}={stated[k]} (weights: {shapes[k]})" for k in stated
+                     if k in shapes and stated[k] != shapes[k]]:
+        raise CheckpointError(f"{source} states {', '.join(conflicts)}: its {MODEL_KEY!r} "
+                              "entry and its weights disagree; was one of them edited?")
+    return {**shapes, **stated}
+
+
+def _target(model: nn.Module) -> str:
     target = type(model).__name__
     if hasattr(model, "mid_channels"):
         target += f" (mid_channels={model.mid_channels}, num_blocks={model.num_blocks})"
-    check_state_dict(model.state_dict(), state, str(path), target, strict=strict)
+    return target
+
+
+def _load_into(model: nn.Module, state: Mapping[str, Tensor], source: str,
+               strict: bool) -> nn.Module:
+    check_state_dict(model.state_dict(), state, source, _target(model), strict=strict)
     model.load_state_dict(state, strict=strict)
     return model
 
 
+def load_state(model: nn.Module, path: str | os.PathLike, *, param_key: str | None = None,
+               strict: bool = True, map_location="cpu") -> nn.Module:
+    """Load a checkpoint file into ``model`` (in place) and return it."""
+    state = extract_state_dict(_read(path, map_location), param_key, source=str(path))
+    return _load_into(model, state, str(path), strict)
+
+
 def load_model(path: str | os.PathLike, *, param_key: str | None = None, strict: bool = True,
                map_location="cpu", **config):
-    """Build a :class:`HiRN` from a checkpoint file, in eval mode.
+    """Build a :class:`HiRN` of the checkpoint's size from a checkpoint file, in eval mode.
+
+    The file is read once; ``mid_channels`` and ``num_blocks`` come from its weight shapes
+    (and its ``model`` entry, see :func:`model_config`).
 
     Args:
         path: a ``.pth`` checkpoint (published format, bare state dict, or
@@ -125,19 +185,33 @@ def load_model(path: str | os.PathLike, *, param_key: str | None = None, strict:
             only one present).
         strict: require every key to match.
         map_location: passed to ``torch.load``.
-        **config: ``HiRN`` constructor arguments (defaults: published model).
+        **config: ``HiRN`` constructor arguments; they win over what the checkpoint says
+            (what neither gives: the published model's).
     """
     from .hirn import HiRN
 
-    model = HiRN(**config)
-    load_state(model, path, param_key=param_key, strict=strict, map_location=map_location)
+    checkpoint = _read(path, map_location)
+    state = extract_state_dict(checkpoint, param_key, source=str(path))
+    model = HiRN(**{**model_config(checkpoint, state, str(path)), **config})
+    _load_into(model, state, str(path), strict)
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu"
                     ).eval()
 
 
 def save_checkpoint(path: str | os.PathLike, params: nn.Module | Mapping[str, Tensor],
-                    params_ema: nn.Module | Mapping[str, Tensor] | None = None) -> Path:
-    """Write ``{"params": ..., ["params_ema": ...]}`` atomically (temp file, then rename)."""
+                    params_ema: nn.Module | Mapping[str, Tensor] | None = None, *,
+                    model: Mapping | None = None, provenance: Mapping | None = None) -> Path:
+    """Write ``{"params": ..., ["params_ema", "model", "provenance"]}`` atomically.
+
+    ``torch.load(path)["params"]`` reads it as any published checkpoint, also with
+    ``weights_only=True``: which is why ``model`` and ``provenance`` may hold only plain
+    values (dict, list, str, int, float, bool, None).
+
+    Args:
+        model: the ``HiRN`` options, ``{"mid_channels", "num_blocks"}``.
+        provenance: where the weights come from (``hirn-train``: configuration name,
+            iteration, data roots, hirn version, date).
+    """
     def state_of(obj):
         obj = obj.state_dict() if isinstance(obj, nn.Module) else obj
         return {k: v.detach().cpu() for k, v in obj.items()}
@@ -145,17 +219,24 @@ def save_checkpoint(path: str | os.PathLike, params: nn.Module | Mapping[str, Te
     checkpoint = {"params": state_of(params)}
     if params_ema is not None:
         checkpoint["params_ema"] = state_of(params_ema)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    for key, value in (("model", model), ("provenance", provenance)):
+        if value is not None:
+            checkpoint[key] = _plain(value, key)
+    with atomic_file(path) as f:
+        torch.save(checkpoint, f)
+    return Path(path)
+
+
+def _plain(value, where: str):
+    """``value`` as plain dicts and lists, checked to load with ``weights_only=True``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}: only dict, list, "
+                    "str, int, float, bool and None load with weights_only=True")
 
 
 def load_spynet(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from hirn.core.errors import HirnError
+from hirn.core.logs import logging_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,9 +28,10 @@ from hirn.core.errors import HirnError
 @click.option("--stop-after", type=click.IntRange(min=1), metavar="ITER",
               help="Stop after this iteration, saving a resume state (split a run into jobs).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show a progress bar.")
+              help="Show a progress bar (--quiet hides it too).")
+@logging_options
 def main(config: Path, work_dir: Path | None, resume: str | None, device: str,
-         stop_after: int | None, progress: bool) -> None:
+         stop_after: int | None, progress: bool, quiet: bool) -> None:
     """Train HiRN from CONFIG.yml (BasicSR-style option names; see configs/)."""
     from .config import load_config
     from .loop import train
@@ -37,7 +39,7 @@ def main(config: Path, work_dir: Path | None, resume: str | None, device: str,
     try:
         cfg = load_config(config)
         result = train(cfg, work_dir or Path("experiments") / cfg.name, device=device,
-                       resume=resume, stop_after=stop_after, progress=progress)
+                       resume=resume, stop_after=stop_after, progress=progress and not quiet)
     except HirnError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -18,12 +18,10 @@ resumed or multi-process run sees exactly the data an uninterrupted one does.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -32,8 +30,7 @@ from torch.utils.data import Dataset, Sampler
 from hirn.core.errors import DataError
 
 from .config import REDS4_CLIPS, SCALE, TrainData, ValData
-
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+from .frames import FRAME_SUFFIXES, list_frames, read_rgb
 
 
 @dataclass(frozen=True)
@@ -42,24 +39,6 @@ class Clip:
     gt_dir: Path
     lq_dir: Path | None      # None: LR made on the fly
     frames: tuple[str, ...]  # file names, in time order
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def list_frames(folder: Path) -> tuple[str, ...]:
-    """Image file names in ``folder``, in numeric order."""
-    names = [p.name for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
-    return tuple(sorted(names, key=_natural_key))
-
-
-def read_frame(path: Path) -> np.ndarray:
-    """An image file as ``[H, W, 3]`` uint8 RGB."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot read image {path} (missing or not an image)")
-    return np.ascontiguousarray(img[..., ::-1])
 
 
 def find_clips(dataroot_gt: str | Path, dataroot_lq: str | Path | None = None, *,
@@ -225,7 +204,7 @@ class TrainDataset(Dataset):
 
     def _size(self, clip: Clip) -> tuple[int, int]:
         if clip.name not in self._sizes:
-            self._sizes[clip.name] = read_frame(clip.gt_dir / clip.frames[0]).shape[:2]
+            self._sizes[clip.name] = read_rgb(clip.gt_dir / clip.frames[0]).shape[:2]
         return self._sizes[clip.name]
 
     def __getitem__(self, sample: int) -> dict:
@@ -233,14 +212,14 @@ class TrainDataset(Dataset):
         clip = self.clips[p.clip]
         names = clip.frames[p.start:p.start + cfg.num_frame]
         lq_size, gt_size, top, left = cfg.gt_size // SCALE, cfg.gt_size, p.top, p.left
-        gt_full = [read_frame(clip.gt_dir / n) for n in names]
+        gt_full = [read_rgb(clip.gt_dir / n) for n in names]
         lh, lw = -(-gt_full[0].shape[0] // SCALE), -(-gt_full[0].shape[1] // SCALE)
         if clip.lq_dir is None:
             lq = [lr_window(f, top, left, (lq_size, lq_size)) for f in gt_full]
         else:
             lq = []
             for n in names:
-                f = read_frame(clip.lq_dir / n)
+                f = read_rgb(clip.lq_dir / n)
                 if f.shape[:2] != (lh, lw):
                     raise DataError(f"LR frame {clip.lq_dir / n} is {f.shape[0]}x{f.shape[1]}; "
                                     f"expected {lh}x{lw} (GT / {SCALE})")
@@ -288,11 +267,11 @@ def load_val_clips(cfg: ValData) -> list[ValClip]:
     out = []
     for clip in find_clips(cfg.dataroot_gt, cfg.dataroot_lq, clips=cfg.clips):
         names = clip.frames if cfg.num_frame < 0 else clip.frames[:cfg.num_frame]
-        gt = [read_frame(clip.gt_dir / n) for n in names]
+        gt = [read_rgb(clip.gt_dir / n) for n in names]
         if clip.lq_dir is None:
             lq = [imresize(f, 1 / SCALE) for f in gt]
         else:
-            lq = [read_frame(clip.lq_dir / n) for n in names]
+            lq = [read_rgb(clip.lq_dir / n) for n in names]
         if lq[0].shape[0] * SCALE != gt[0].shape[0] or lq[0].shape[1] * SCALE != gt[0].shape[1]:
             raise DataError(f"validation clip {clip.name}: LR {lq[0].shape[:2]} is not GT "
                             f"{gt[0].shape[:2]} / {SCALE}; crop GT frames to a multiple of 4")

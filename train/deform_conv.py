@@ -62,9 +62,12 @@ class _DeformConvNode(torch.autograd.Function):
                         dilations_i=list(dilation), group_i=1, kernel_shape_i=[kh, kw],
                         offset_group_i=groups, pads_i=[padding[0], padding[1]] * 2,
                         strides_i=list(stride))
+        # The plugin takes FP32 offsets and mask beside FP16 features, so sampling positions
+        # stay exact. TensorRT's ONNX parser finds the creator by op type, plugin_version and
+        # plugin_namespace (parsers before 10.10 do not read the node's domain).
         return g.op(f"{PLUGIN_DOMAIN}::{PLUGIN_OP}", input, offset, mask, weight, bias,
                     stride_i=list(stride), padding_i=list(padding), dilation_i=list(dilation),
-                    deformable_groups_i=groups)
+                    deformable_groups_i=groups, plugin_namespace_s=PLUGIN_DOMAIN)
 
 
 def deform_conv2d(
@@ -102,9 +105,6 @@ def deform_conv2d(
                                 bias.to(offset.dtype), stride, padding, dilation,
                                 mask.to(offset.dtype))
             return out.to(input.dtype)
-        if input.dtype != offset.dtype:
-            # The plugin runs FP16 end to end (FP32 accumulation inside).
-            offset = offset.to(input.dtype)
         with warnings.catch_warnings():  # channel counts are constants of the graph
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             kernel = (int(weight.shape[-2]), int(weight.shape[-1]))

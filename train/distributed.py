@@ -1,7 +1,8 @@
 """One process or many (``torchrun``): rank, device, DDP wrapping, collectives.
 
-``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them the
-run is a single process and every helper here is a no-op.
+``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (read by
+:class:`hirn.core.launch.ProcessLayout`); without them the run is a single
+process and every helper here is a no-op.
 """
 
 from __future__ import annotations
@@ -9,32 +10,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import inspect
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from hirn.core.errors import HirnError
+from hirn.core.launch import ProcessLayout
 
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """Only the main process writes files."""
-        return self.rank == 0
+Dist = ProcessLayout  # rank, world_size, local_rank; main: the process that writes files
 
 
 def from_env() -> Dist:
     """The process layout torchrun announced (one process when it did not)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist.from_env()
 
 
 def pick_device(option: str, d: Dist) -> torch.device:
@@ -46,7 +35,7 @@ def pick_device(option: str, d: Dist) -> torch.device:
             raise HirnError(f"--device {option}: no CUDA GPU is available; use --device cpu")
         if option == "cuda":
             option = f"cuda:{d.local_rank}"
-        elif d.world > 1:
+        elif d.world_size > 1:
             raise HirnError("--device cuda:N picks one GPU; under torchrun use --device cuda "
                             "(each process takes the GPU of its LOCAL_RANK)")
         torch.cuda.set_device(torch.device(option))
@@ -57,7 +46,7 @@ def pick_device(option: str, d: Dist) -> torch.device:
 
 def init(d: Dist, device: torch.device, backend: str | None) -> None:
     """Join the process group (gloo on CPU, NCCL on CUDA unless ``backend`` says)."""
-    if d.world > 1 and not dist.is_initialized():
+    if d.world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
 
@@ -73,7 +62,7 @@ def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     Frozen parameters (SpyNet during ``fix_flow``) are left out of the reducer,
     so no ``find_unused_parameters`` graph walk is needed on each iteration.
     """
-    if d.world == 1:
+    if d.world_size == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
@@ -86,24 +75,24 @@ def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
 
 def mean(value: torch.Tensor, d: Dist) -> float:
     """The mean of a scalar tensor over the processes."""
-    if d.world > 1:
+    if d.world_size > 1:
         value = value.detach().clone()
         dist.all_reduce(value)
-        value /= d.world
+        value /= d.world_size
     return float(value)
 
 
 def gather(obj: object, d: Dist) -> list:
     """Every process's ``obj``, in rank order."""
-    if d.world == 1:
+    if d.world_size == 1:
         return [obj]
-    out: list = [None] * d.world
+    out: list = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
 
 
 def barrier(d: Dist) -> None:
-    if d.world > 1:
+    if d.world_size > 1:
         dist.barrier()
 
 

@@ -13,23 +13,26 @@ without them the LR frames are made with MATLAB-style ``imresize(GT, 1/4)``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
-import cv2
 import numpy as np
 
 from hirn.core.constants import SCALE
 from hirn.core.errors import DatasetError, HirnError
+from hirn.core.files import atomic_write_text
+from hirn.core.logs import logging_options
 
+from .frames import FRAME_SUFFIXES, list_frames, read_rgb
 from .imresize import imresize
 from .metrics import psnr, rgb_to_y, ssim
 
 LR_FOLDERS = ("LR_bicubic_matlab", "LR_bicubic", "LR")  # first one present is used
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+logger = logging.getLogger(__name__)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 
@@ -84,18 +87,6 @@ def default_data_root() -> Path | None:
     shared = os.environ.get("HIRN_SHARED")
     root = Path(shared) if shared else Path(__file__).resolve().parents[1].parent / "shared"
     return root / "data" if (root / "data").is_dir() else None
-
-
-def _frames_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """One frame as ``[H, W, 3]`` uint8 RGB."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"cannot read image {path}: missing, empty or not an image file")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def dataset_dir(data_root: str | os.PathLike | None, dataset: str) -> Path:
@@ -158,7 +149,7 @@ def load_clip(folder: Path, max_frames: int | None = None,
     Returns:
         ``(gt [T, 4H, 4W, 3], lr [T, H, W, 3], lr_source)``, uint8 RGB.
     """
-    names = _frames_in(folder / "GT")
+    names = [folder / "GT" / name for name in list_frames(folder / "GT")]
     if not names:
         raise DatasetError(f"no frames ({'/'.join(FRAME_SUFFIXES)}) in {folder / 'GT'}")
     names = names[:max_frames] if max_frames else names
@@ -205,16 +196,15 @@ def score_clip(sr: np.ndarray, gt: np.ndarray, y_channel: bool) -> tuple[list[fl
 
 def evaluate(dataset: str, data_root: str | os.PathLike | None, upscale: Upscaler,
              method: str, clips: Sequence[str] | None = None, max_frames: int | None = None,
-             crop: tuple[int, int] | None = None,
-             log: Callable[[str], None] | None = None) -> Report:
-    """Score ``upscale`` on a dataset with the paper's protocol."""
+             crop: tuple[int, int] | None = None) -> Report:
+    """Score ``upscale`` on a dataset with the paper's protocol (each clip logged as read)."""
     folder = dataset_dir(data_root, dataset)
     spec = DATASETS[dataset]
     scores = []
     for name in select_clips(folder, dataset, clips):
         gt, lr, source = load_clip(folder / name, max_frames, crop)
-        if log:
-            log(f"{name}: {len(lr)} frames {lr.shape[1]}x{lr.shape[2]} (LR from {source})")
+        logger.info("%s: %d frames %dx%d (LR from %s)", name, len(lr), lr.shape[1], lr.shape[2],
+                    source)
         psnrs, ssims = score_clip(upscale(lr), gt, spec.y_channel)
         scores.append(ClipScore(name, len(lr), source, float(np.mean(psnrs)),
                                 float(np.mean(ssims)), psnrs, ssims))
@@ -284,12 +274,8 @@ def format_markdown(report: Report) -> str:
 
 def write_report(report: Report, prefix: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``PREFIX.json`` and ``PREFIX.md``; return both paths."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = Path(f"{prefix}.json"), Path(f"{prefix}.md")
-    json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-    md_path.write_text(format_markdown(report))
-    return json_path, md_path
+    return (atomic_write_text(f"{prefix}.json", json.dumps(report.to_dict(), indent=1) + "\n"),
+            atomic_write_text(f"{prefix}.md", format_markdown(report)))
 
 
 def _parse_crop(ctx, param, value: str | None) -> tuple[int, int] | None:
@@ -321,8 +307,9 @@ def _parse_crop(ctx, param, value: str | None) -> tuple[int, int] | None:
               help="centred LR crop, N or HxW (GT cropped to match)")
 @click.option("--device", default="cpu", show_default=True, help="torch device for --checkpoint")
 @click.option("-o", "--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+@logging_options
 def main(dataset, data_root, clips, method, checkpoint, param_key, max_frames, crop, device,
-         output) -> None:
+         output, quiet) -> None:
     """Score an upscaler with the paper's protocol (Vid4: Y channel; REDS4: RGB)."""
     if (method is None) == (checkpoint is None):
         raise click.UsageError("pass exactly one of --method bicubic and --checkpoint FILE")
@@ -330,8 +317,7 @@ def main(dataset, data_root, clips, method, checkpoint, param_key, max_frames, c
     clip_list = [c.strip() for c in clips.split(",") if c.strip()] if clips else None
     try:
         name, upscale = make_upscaler(method, checkpoint, device, param_key)
-        report = evaluate(dataset, root, upscale, name, clip_list, max_frames, crop,
-                          log=lambda msg: click.echo(msg, err=True))
+        report = evaluate(dataset, root, upscale, name, clip_list, max_frames, crop)
         written = write_report(report, output) if output else ()
     except HirnError as exc:
         raise click.ClickException(" ".join(str(exc).split())) from exc

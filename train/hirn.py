@@ -7,10 +7,12 @@ modules (``hirn.train.steps``).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
-from hirn.core.constants import MIN_SIZE
+from hirn.core.constants import FP32_GRAPHS, MIN_SIZE, PRECISIONS
 from hirn.core.errors import InputError
 from hirn.core.recurrence import walk
 from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan
@@ -87,6 +89,22 @@ class HiRN(nn.Module):
             self.__dict__["_steps"] = StepModules(Encode(self.feat_extract), Flow(self.spynet),
                                                   Compose(), propagation, Decode(self))
         return self._steps
+
+    def step_modules(self, precision: str = "fp32") -> dict[str, nn.Module]:
+        """The step modules by graph name (``encode``, ``step_backward``, ...) in ``precision``.
+
+        In FP16 every graph but :data:`FP32_GRAPHS` (flows and their chaining) runs on a
+        half-precision copy of the weights; this model itself is left in FP32.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+        modules = self.steps.named()
+        if precision == "fp16":
+            half = copy.deepcopy(self).half()
+            half.__dict__["_steps"] = None  # wrap the copy's own (half) submodules afresh
+            modules.update({name: module for name, module in half.steps.named().items()
+                            if name not in FP32_GRAPHS})
+        return modules
 
     def compute_flows(self, lq: Tensor) -> dict[FlowRef, Tensor]:
         """SpyNet flows of a clip ``[N, T, 3, H, W]``, each ``[N, 2, H, W]``."""

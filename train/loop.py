@@ -8,7 +8,8 @@ Work folder (written by rank 0 only, every file atomically)::
 
     config.yml                    the parsed configuration
     train_log.jsonl               one JSON record per log / validation / event
-    models/net_g_<iter>.pth       published format: {"params", "params_ema"}
+    models/net_g_<iter>.pth       published format: {"params", "params_ema"}, with the
+                                  model options and provenance beside ("model", "provenance")
     models/net_g_latest.pth       the same, at the end of the run
     training_states/<iter>.state  resume state (see ``state.py``)
 """
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import re
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +35,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hirn.core.errors import HirnError
+from hirn.core.files import atomic_write_text
 
 from . import distributed as D
 from .checkpoint import load_spynet, load_state, save_checkpoint
 from .config import Config, to_dict
-from .data import SampleStream, TrainDataset, ValClip, load_val_clips
+from .data import SampleStream, TrainDataset, load_val_clips
 from .ema import EMA
 from .hirn import HiRN
 from .schedulers import CosineAnnealingRestartLR
-from .state import atomic_text, latest_state, rng_states, save_state, set_rng_states, state_path
+from .state import latest_state, rng_states, save_state, set_rng_states, state_path
+from .validation import bicubic_scores, validate
 
 LOG_NAME = "train_log.jsonl"
+logger = logging.getLogger(__name__)
 
 
 def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = 1e-12,
@@ -91,53 +98,6 @@ def amp_dtype(option: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[option]
 
 
-def to_uint8(frames: Tensor) -> np.ndarray:
-    """``[T, 3, H, W]`` float -> ``[T, H, W, 3]`` uint8, clamped and rounded."""
-    return (frames.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu(
-    ).numpy()
-
-
-def score(sr: np.ndarray, gt: np.ndarray, cfg: Config) -> dict[str, float]:
-    """Each configured metric on ``[T, H, W, 3]`` uint8 clips: mean over frames."""
-    from .metrics import psnr, rgb_to_y, ssim
-
-    out = {}
-    for name, m in cfg.val.metrics.items():
-        fn = psnr if m.type == "calculate_psnr" else ssim
-        values = []
-        for a, b in zip(sr, gt):
-            if m.test_y_channel:
-                a, b = rgb_to_y(a), rgb_to_y(b)
-            values.append(fn(a, b, crop_border=m.crop_border))
-        out[name] = float(np.mean(values))
-    return out
-
-
-@torch.no_grad()
-def validate(model: nn.Module, clips: list[ValClip], cfg: Config,
-             device: torch.device) -> dict[str, float]:
-    """Metrics of ``model`` (FP32, eval mode) per clip, then averaged over clips."""
-    was_training = model.training
-    model.eval()
-    per_clip = []
-    for clip in clips:
-        sr = model(clip.lq.to(device))[0]
-        per_clip.append(score(to_uint8(sr), clip.gt, cfg))
-    model.train(was_training)
-    return {k: float(np.mean([c[k] for c in per_clip])) for k in per_clip[0]}
-
-
-def bicubic_scores(clips: list[ValClip], cfg: Config) -> dict[str, float]:
-    """The same metrics for MATLAB bicubic x4 upscaling of the validation LR frames."""
-    from .imresize import imresize
-
-    per_clip = []
-    for clip in clips:
-        lq = to_uint8(clip.lq[0])
-        per_clip.append(score(np.stack([imresize(f, 4) for f in lq]), clip.gt, cfg))
-    return {k: float(np.mean([c[k] for c in per_clip])) for k in per_clip[0]}
-
-
 @dataclass
 class RunResult:
     iteration: int          # the last iteration done
@@ -155,7 +115,7 @@ class _Log:
         if self.path.exists():  # drop what a resumed run will redo
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("iter", 0) <= start_iter]
-            atomic_text(self.path, "".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(work_dir / "tb"))
@@ -201,142 +161,283 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
         stop_after: stop (and save a resume state) after this iteration.
         progress: show a progress bar (rank 0).
     """
-    from tqdm import tqdm
-
     d = D.from_env()
     dev = D.pick_device(device, d)
     D.init(d, dev, cfg.dist_params.backend)
     work_dir = Path(work_dir)
-    tr, data_cfg = cfg.train, cfg.datasets.train
     resume_path = resolve_resume(work_dir, resume or cfg.path.resume_state)
+    parts = build_parts(cfg, d.rank, dev)
+    start = restore(parts, resume_path, cfg, d) if resume_path is not None else 0
+    run = _Run(cfg, work_dir, d, dev, parts, start)
+    run.begin(resume_path)
+    total = cfg.train.total_iter
+    last = run.loop(min(total, stop_after) if stop_after else total, progress)
+    return run.finish(last)
 
+
+@dataclass
+class Parts:
+    """What a run trains and steps: the model, its EMA and the optimisation state."""
+
+    model: HiRN
+    ema: EMA | None
+    optimizer: torch.optim.Adam
+    scheduler: CosineAnnealingRestartLR
+    dtype: torch.dtype | None              # autocast dtype; None: FP32
+    scaler: torch.amp.GradScaler | None    # FP16 autocast only
+
+    @property
+    def ema_module(self) -> nn.Module | None:
+        return self.ema.module if self.ema is not None else None
+
+
+def build_parts(cfg: Config, rank: int, device: torch.device) -> Parts:
+    """Seed, then build the model, EMA, optimiser, scheduler and grad scaler as configured."""
+    tr = cfg.train
     torch.manual_seed(cfg.manual_seed)  # same initial weights in every process
-    np.random.seed(cfg.manual_seed + d.rank)
-    model = build_model(cfg).to(dev)
+    np.random.seed(cfg.manual_seed + rank)
+    model = build_model(cfg).to(device)
     ema = EMA(model, tr.ema_decay) if tr.ema_decay > 0 else None
     optimizer = build_optimizer(model, cfg)
     s = tr.scheduler
     scheduler = CosineAnnealingRestartLR(optimizer, s.periods, s.restart_weights, s.eta_min)
-    dtype = amp_dtype(tr.amp, dev)
+    dtype = amp_dtype(tr.amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return Parts(model, ema, optimizer, scheduler, dtype, scaler)
 
-    start = 0
-    if resume_path is not None:
-        from .state import load_state as load_resume_state
-        state = load_resume_state(resume_path)
-        model.load_state_dict(state["params"])
-        if ema is not None and state.get("params_ema") is not None:
-            ema.load_state_dict(state["params_ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if state.get("world_size") != d.world:
-            warnings.warn(f"{resume_path} was saved by {state.get('world_size')} processes, "
-                          f"this run has {d.world}: training continues, but the data order "
-                          "differs from an uninterrupted run", stacklevel=2)
-        changed = _changes(state.get("config") or {}, to_dict(cfg))
-        if changed:
-            warnings.warn(f"the configuration differs from the one {resume_path} was saved "
-                          f"with: {'; '.join(changed)}", stacklevel=2)
-        rngs = state["rng"]
-        set_rng_states(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
-        start = state["iter"]
-    log = _Log(work_dir, d.main, start)
-    if d.main:
-        atomic_text(work_dir / "config.yml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-    dataset = TrainDataset(data_cfg, cfg.manual_seed)
-    stream = SampleStream(start, tr.total_iter, data_cfg.batch_size_per_gpu, d.rank, d.world)
-    loader = DataLoader(dataset, batch_size=data_cfg.batch_size_per_gpu, sampler=stream,
-                        num_workers=data_cfg.num_worker_per_gpu, pin_memory=dev.type == "cuda",
-                        persistent_workers=False)
-    val_clips = load_val_clips(cfg.datasets.val) if cfg.datasets.val and d.main else []
-    log.write({"event": "start", "iter": start, "world_size": d.world, "device": str(dev),
-               "amp": str(dtype).removeprefix("torch.") if dtype else "off",
-               "samples_per_iter": d.world * data_cfg.batch_size_per_gpu,
-               "train_keys": len(dataset), "resumed_from": str(resume_path or "")})
-    if val_clips and start == 0:
-        record = {"iter": 0, **{f"val_{k}_bicubic": v
-                                for k, v in bicubic_scores(val_clips, cfg).items()}}
-        if cfg.val.val_at_start:
-            record.update({f"val_{k}": v for k, v in validate(model, val_clips, cfg, dev).items()})
-        log.write(record)
+def restore(parts: Parts, path: Path, cfg: Config, d: D.Dist) -> int:
+    """Load a resume state into ``parts`` and this process's RNGs; return its iteration.
 
-    frozen = None
-    net = model
-    last = min(tr.total_iter, stop_after) if stop_after else tr.total_iter
-    bar = tqdm(total=tr.total_iter, initial=start, disable=not (progress and d.main),
-               dynamic_ncols=True, desc="hirn-train")
-    window_loss, window_n, t_window, t0 = torch.zeros(()), 0, time.time(), time.time()
-    it = start
-    batches = iter(loader)
-    model.train()
-    for it in range(start + 1, last + 1):
-        want_frozen = it < tr.fix_flow
-        if want_frozen != frozen:
+    A state saved by another number of processes, or with another configuration, still
+    loads; the difference is logged as a warning.
+    """
+    from .state import load_state as load_resume_state
+
+    state = load_resume_state(path)
+    parts.model.load_state_dict(state["params"])
+    if parts.ema is not None and state.get("params_ema") is not None:
+        parts.ema.load_state_dict(state["params_ema"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    if parts.scaler is not None and state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
+    if state.get("world_size") != d.world_size:
+        logger.warning("%s was saved by %s processes, this run has %d: training continues, "
+                       "but the data order differs from an uninterrupted run", path,
+                       state.get("world_size"), d.world_size)
+    changed = _changes(state.get("config") or {}, to_dict(cfg))
+    if changed:
+        logger.warning("the configuration differs from the one %s was saved with: %s", path,
+                       "; ".join(changed))
+    rngs = state["rng"]
+    set_rng_states(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+    return state["iter"]
+
+
+def checkpoint_entries(cfg: Config, iteration: int) -> dict:
+    """``model`` and ``provenance`` entries of a checkpoint written at ``iteration``."""
+    train_data, val_data = cfg.datasets.train, cfg.datasets.val
+    roots = {"train_gt": train_data.dataroot_gt, "train_lq": train_data.dataroot_lq,
+             "val_gt": val_data.dataroot_gt if val_data else None,
+             "val_lq": val_data.dataroot_lq if val_data else None}
+    return {
+        "model": {"mid_channels": cfg.network_g.mid_channels,
+                  "num_blocks": cfg.network_g.num_blocks},
+        "provenance": {"config": cfg.name, "iteration": iteration,
+                       "data_roots": {k: None if v is None else str(v) for k, v in roots.items()},
+                       "hirn_version": _hirn_version(),
+                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    }
+
+
+def _hirn_version() -> str:
+    try:
+        return metadata.version("hirn")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+class _Window:
+    """Loss and time of the iterations since the last log record."""
+
+    def __init__(self):
+        self.start = time.time()
+        self._reset(self.start)
+
+    def _reset(self, now: float) -> None:
+        self.loss, self.count, self.since = torch.zeros(()), 0, now
+
+    def add(self, loss: Tensor) -> None:
+        self.loss += loss.detach().cpu()
+        self.count += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the block's time out: ``iter_time`` counts training only."""
+        started = time.time()
+        yield
+        self.since += time.time() - started
+
+    def record(self, it: int, d: D.Dist, scheduler, frozen: bool) -> dict:
+        """The log record of the window ending at iteration ``it``; starts a new window."""
+        mean_loss = D.mean(self.loss / self.count, d)
+        lrs = scheduler.get_last_lr()
+        now = time.time()
+        record = {"iter": it, "loss": mean_loss, "lr": lrs[0], "lr_flow": lrs[1],
+                  "flow_frozen": frozen, "iter_time": (now - self.since) / self.count,
+                  "time": now - self.start}
+        self._reset(now)
+        return record
+
+
+class _Run:
+    """One process's run: its data, logs and the iterations from ``start``."""
+
+    def __init__(self, cfg: Config, work_dir: Path, d: D.Dist, device: torch.device,
+                 parts: Parts, start: int):
+        self.cfg, self.work_dir, self.d, self.device = cfg, work_dir, d, device
+        self.parts, self.start = parts, start
+        self.log = _Log(work_dir, d.main, start)
+        if d.main:
+            atomic_write_text(work_dir / "config.yml",
+                              yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        data_cfg = cfg.datasets.train
+        self.dataset = TrainDataset(data_cfg, cfg.manual_seed)
+        stream = SampleStream(start, cfg.train.total_iter, data_cfg.batch_size_per_gpu, d.rank,
+                              d.world_size)
+        self.loader = DataLoader(self.dataset, batch_size=data_cfg.batch_size_per_gpu,
+                                 sampler=stream, num_workers=data_cfg.num_worker_per_gpu,
+                                 pin_memory=device.type == "cuda", persistent_workers=False)
+        self.val_clips = (load_val_clips(cfg.datasets.val) if cfg.datasets.val and d.main
+                          else [])
+        self.frozen: bool | None = None  # SpyNet frozen in the current phase
+        self.net: nn.Module = parts.model  # the model, DDP-wrapped under torchrun
+        self.window = _Window()
+
+    def begin(self, resume_path: Path | None) -> None:
+        """Log the start; at iteration 0, also the bicubic (and maybe initial) scores."""
+        d, cfg, dtype = self.d, self.cfg, self.parts.dtype
+        self.log.write({"event": "start", "iter": self.start, "world_size": d.world_size,
+                        "device": str(self.device),
+                        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
+                        "samples_per_iter": d.world_size * cfg.datasets.train.batch_size_per_gpu,
+                        "train_keys": len(self.dataset), "resumed_from": str(resume_path or "")})
+        if self.val_clips and self.start == 0:
+            record = {"iter": 0, **{f"val_{k}_bicubic": v
+                                    for k, v in bicubic_scores(self.val_clips, cfg).items()}}
+            if cfg.val.val_at_start:
+                record.update({f"val_{k}": v for k, v in self._scores(self.parts.model).items()})
+            self.log.write(record)
+
+    def loop(self, last: int, progress: bool) -> int:
+        """Iterations ``start + 1 .. last``: step, then log, validate and save when due.
+        Returns the last iteration done."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.train.total_iter, initial=self.start,
+                   disable=not (progress and self.d.main), dynamic_ncols=True, desc="hirn-train")
+        self.window = _Window()
+        it = self.start
+        batches = iter(self.loader)
+        self.parts.model.train()
+        for it in range(self.start + 1, last + 1):
+            self._set_flow_phase(it)
+            self.window.add(self._step(batches))
+            bar.update(1)
+            if it % cfg.logger.print_freq == 0 or it == last:
+                record = self.window.record(it, self.d, self.parts.scheduler, self.frozen)
+                self.log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}")
+            if self.val_clips and it % cfg.val.val_freq == 0:
+                with self.window.paused():
+                    self._validate(it)
+            if it % cfg.logger.save_checkpoint_freq == 0 or it == last:
+                with self.window.paused():
+                    self._save(it)
+        bar.close()
+        return it
+
+    def _set_flow_phase(self, it: int) -> None:
+        """Freeze SpyNet before ``fix_flow``, train it from there."""
+        frozen = it < self.cfg.train.fix_flow
+        if frozen != self.frozen:
             # Changing which parameters need grads means a new DDP reducer.
-            set_flow_trainable(model, not want_frozen)
-            frozen, net = want_frozen, D.wrap(model, d, dev)
+            set_flow_trainable(self.parts.model, not frozen)
+            self.frozen, self.net = frozen, D.wrap(self.parts.model, self.d, self.device)
+
+    def _step(self, batches) -> Tensor:
+        """One iteration: scheduler, next batch, loss, optimiser and EMA; returns the loss."""
+        parts, tr, dev = self.parts, self.cfg.train, self.device
         with warnings.catch_warnings():
             # BasicSR steps the scheduler before the optimiser, on purpose: iteration k
             # trains at lr(k), lr(0) being the initial lr.
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_sch"))
-            scheduler.step()
+            parts.scheduler.step()
         batch = next(batches)
         lq = batch["lq"].to(dev, non_blocking=True)
         gt = batch["gt"].to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            out = net(lq)
+        autocast = (torch.autocast(dev.type, dtype=parts.dtype) if parts.dtype
+                    else contextlib.nullcontext())
+        with autocast:
+            out = self.net(lq)
         loss = tr.pixel_opt.loss_weight * charbonnier_loss(
             out.float(), gt, tr.pixel_opt.eps, tr.pixel_opt.reduction)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.scaler is not None:
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        if ema is not None:
-            ema.update(model)
-        window_loss += loss.detach().cpu()
-        window_n += 1
-        bar.update(1)
+            parts.optimizer.step()
+        if parts.ema is not None:
+            parts.ema.update(parts.model)
+        return loss
 
-        if it % cfg.logger.print_freq == 0 or it == last:
-            mean_loss = D.mean(window_loss / window_n, d)
-            lrs = scheduler.get_last_lr()
-            now = time.time()
-            record = {"iter": it, "loss": mean_loss, "lr": lrs[0], "lr_flow": lrs[1],
-                      "flow_frozen": frozen, "iter_time": (now - t_window) / window_n,
-                      "time": now - t0}
-            log.write(record)
-            bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lrs[0]:.3g}")
-            window_loss, window_n, t_window = torch.zeros(()), 0, now
-        if val_clips and it % cfg.val.val_freq == 0:
-            t_val = time.time()
-            record = {"iter": it, **{f"val_{k}": v
-                                     for k, v in validate(model, val_clips, cfg, dev).items()}}
-            if ema is not None:
-                record.update({f"val_{k}_ema": v for k, v in
-                               validate(ema.module, val_clips, cfg, dev).items()})
-            log.write(record)
-            t_window += time.time() - t_val  # iter_time counts training only
-        if it % cfg.logger.save_checkpoint_freq == 0 or it == last:
-            t_save = time.time()
-            _save(work_dir, it, cfg, model, ema, optimizer, scheduler, scaler, d)
-            t_window += time.time() - t_save
-    bar.close()
+    def _scores(self, model: nn.Module) -> dict[str, float]:
+        return validate(model, self.val_clips, self.cfg, self.device)
 
-    if d.main and it == tr.total_iter:
-        save_checkpoint(work_dir / "models" / "net_g_latest.pth", model,
-                        ema.module if ema is not None else None)
-    sums = D.gather(D.checksum(model), d)
-    log.write({"event": "end", "iter": it, "param_sha256": sums, "time": time.time() - t0})
-    log.close()
-    D.barrier(d)
-    return RunResult(it, work_dir, sums)
+    def _validate(self, it: int) -> None:
+        record = {"iter": it, **{f"val_{k}": v for k, v in self._scores(self.parts.model).items()}}
+        if self.parts.ema is not None:
+            record.update({f"val_{k}_ema": v
+                           for k, v in self._scores(self.parts.ema.module).items()})
+        self.log.write(record)
+
+    def _save(self, it: int) -> None:
+        """Published-format weights and a resume state (RNG states of every process)."""
+        d, cfg, parts = self.d, self.cfg, self.parts
+        rngs = D.gather(rng_states(), d)
+        if d.main:
+            self._save_weights(self.work_dir / "models" / f"net_g_{it}.pth", it)
+            save_state(state_path(self.work_dir, it), {
+                "iter": it, "params": parts.model.state_dict(),
+                "params_ema": parts.ema.state_dict() if parts.ema is not None else None,
+                "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(),
+                "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+                "rng": rngs, "world_size": d.world_size, "config": to_dict(cfg),
+                # Where the data stream continues (see data.SampleStream).
+                "next_sample": it * d.world_size * cfg.datasets.train.batch_size_per_gpu})
+        D.barrier(d)
+
+    def _save_weights(self, path: Path, it: int) -> None:
+        save_checkpoint(path, self.parts.model, self.parts.ema_module,
+                        **checkpoint_entries(self.cfg, it))
+
+    def finish(self, it: int) -> RunResult:
+        """The final checkpoint (when the run is complete), the end record and checksums."""
+        d = self.d
+        if d.main and it == self.cfg.train.total_iter:
+            self._save_weights(self.work_dir / "models" / "net_g_latest.pth", it)
+        sums = D.gather(D.checksum(self.parts.model), d)
+        self.log.write({"event": "end", "iter": it, "param_sha256": sums,
+                        "time": time.time() - self.window.start})
+        self.log.close()
+        D.barrier(d)
+        return RunResult(it, self.work_dir, sums)
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -349,21 +450,3 @@ def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
-
-
-def _save(work_dir: Path, it: int, cfg: Config, model: nn.Module, ema: EMA | None, optimizer,
-          scheduler, scaler, d: D.Dist) -> None:
-    """Published-format weights and a resume state (RNG states of every process)."""
-    rngs = D.gather(rng_states(), d)
-    if d.main:
-        save_checkpoint(work_dir / "models" / f"net_g_{it}.pth", model,
-                        ema.module if ema is not None else None)
-        save_state(state_path(work_dir, it), {
-            "iter": it, "params": model.state_dict(),
-            "params_ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
-            "world_size": d.world, "config": to_dict(cfg),
-            # Where the data stream continues (see data.SampleStream).
-            "next_sample": it * d.world * cfg.datasets.train.batch_size_per_gpu})
-    D.barrier(d)

@@ -3,45 +3,23 @@
 A state holds the weights, the EMA, optimiser, scheduler and grad-scaler
 states, the RNG states of Python, NumPy and PyTorch, and the iteration (the
 data position follows from it: see ``data.SampleStream``). Every file is
-written to a temporary name and renamed, so a crash never leaves half a file.
+written to a temporary name and renamed (:mod:`hirn.core.files`), so a crash
+never leaves half a file.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hirn.core.errors import CheckpointError
+from hirn.core.files import atomic_file
 
 STATE_DIR = "training_states"
 STATE_SUFFIX = ".state"
-
-
-def atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def rng_states() -> dict:
@@ -65,7 +43,10 @@ def state_path(work_dir: Path, iteration: int) -> Path:
 
 
 def save_state(path: Path, state: dict) -> Path:
-    return atomic_write(path, lambda f: torch.save(state, f))
+    """Write a resume state atomically (a crash never leaves half a state)."""
+    with atomic_file(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def latest_state(work_dir: Path) -> Path | None:

@@ -252,20 +252,11 @@ hirn_status_t makeProblem(hirn_deform_conv_shape_t const* s, hirn_dtype_t dtype,
 template <typename T, int CPI>
 hirn_status_t launchForward(Problem const& p, Tensors<T> const& t, cudaStream_t stream)
 {
-    // Above 48 KB of shared memory a kernel must opt in, once per device; doing it before the first launch
-    // keeps it out of any CUDA-graph capture of later launches.
-    static bool configured[64] = {};
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess && (device >= 64 || !configured[device]))
-    {
-        err = cudaFuncSetAttribute(
-            deformConvKernel<T, CPI>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Smem<T>::kBytes));
-        if (err == cudaSuccess && device < 64)
-        {
-            configured[device] = true;
-        }
-    }
+    // Above 48 KB of shared memory a kernel must opt in. The opt-in belongs to the current context,
+    // so it is set before every launch: a host-side call of a few microseconds, thread-safe, and
+    // allowed during CUDA-graph capture (it is not a stream operation).
+    cudaError_t err = cudaFuncSetAttribute(
+        deformConvKernel<T, CPI>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Smem<T>::kBytes));
     if (err != cudaSuccess)
     {
         return fail(HIRN_STATUS_CUDA_ERROR, std::string("CUDA setup failed: ") + cudaGetErrorString(err));
@@ -422,8 +413,8 @@ Tensors<T> makeTensors(void const* input, void const* offset, void const* mask, 
 {
     Tensors<T> t{};
     t.input = static_cast<T const*>(input);
-    t.offset = static_cast<T const*>(offset);
-    t.mask = static_cast<T const*>(mask);
+    t.offset = offset;
+    t.mask = mask;
     t.weight = static_cast<T const*>(weight);
     t.bias = static_cast<T const*>(bias);
     t.output = static_cast<T*>(output);
@@ -443,9 +434,9 @@ hirn_status_t dispatch(Problem const& p, Tensors<T> t, void* workspace, cudaStre
     return vec ? launchForward<T, kVec>(p, t, stream) : launchForward<T, 1>(p, t, stream);
 }
 
-hirn_status_t forward(hirn_deform_conv_shape_t const* shape, hirn_dtype_t dtype, void const* input,
-    void const* offset, void const* mask, void const* weight, void const* bias, void* output, void* workspace,
-    size_t workspaceBytesGiven, cudaStream_t stream, bool host)
+hirn_status_t forward(hirn_deform_conv_shape_t const* shape, hirn_dtype_t dtype, hirn_dtype_t offsetDtype,
+    hirn_dtype_t maskDtype, void const* input, void const* offset, void const* mask, void const* weight,
+    void const* bias, void* output, void* workspace, size_t workspaceBytesGiven, cudaStream_t stream, bool host)
 {
     gLastError.clear();
     Problem p{};
@@ -454,6 +445,15 @@ hirn_status_t forward(hirn_deform_conv_shape_t const* shape, hirn_dtype_t dtype,
     {
         return status;
     }
+    for (hirn_dtype_t const d : {offsetDtype, maskDtype})
+    {
+        if (d != dtype && d != HIRN_DTYPE_FLOAT32)
+        {
+            return fail(HIRN_STATUS_UNSUPPORTED, "offset and mask must be FP32 or the input's dtype");
+        }
+    }
+    p.offset_f32 = offsetDtype == HIRN_DTYPE_FLOAT32;
+    p.mask_f32 = maskDtype == HIRN_DTYPE_FLOAT32;
     if (!input || !offset || !weight || !output)
     {
         return fail(HIRN_STATUS_INVALID_ARGUMENT, "input, offset, weight and output must not be NULL");
@@ -522,17 +522,21 @@ size_t hirn_deform_conv_workspace_size(hirn_deform_conv_shape_t const* shape, hi
     return dtype == HIRN_DTYPE_FLOAT16 ? workspaceBytes<__half>(p) : workspaceBytes<float>(p);
 }
 
-hirn_status_t hirn_deform_conv_forward(hirn_deform_conv_shape_t const* shape, hirn_dtype_t dtype, void const* input,
-    void const* offset, void const* mask, void const* weight, void const* bias, void* output, void* workspace,
-    size_t workspace_bytes, cudaStream_t stream)
+hirn_status_t hirn_deform_conv_forward(hirn_deform_conv_shape_t const* shape, hirn_dtype_t dtype,
+    hirn_dtype_t offset_dtype, hirn_dtype_t mask_dtype, void const* input, void const* offset, void const* mask,
+    void const* weight, void const* bias, void* output, void* workspace, size_t workspace_bytes,
+    cudaStream_t stream)
 {
-    return forward(shape, dtype, input, offset, mask, weight, bias, output, workspace, workspace_bytes, stream, false);
+    return forward(shape, dtype, offset_dtype, mask_dtype, input, offset, mask, weight, bias, output, workspace,
+        workspace_bytes, stream, false);
 }
 
 hirn_status_t hirn_deform_conv_forward_host(hirn_deform_conv_shape_t const* shape, hirn_dtype_t dtype,
-    void const* input, void const* offset, void const* mask, void const* weight, void const* bias, void* output)
+    hirn_dtype_t offset_dtype, hirn_dtype_t mask_dtype, void const* input, void const* offset, void const* mask,
+    void const* weight, void const* bias, void* output)
 {
-    return forward(shape, dtype, input, offset, mask, weight, bias, output, nullptr, 0, nullptr, true);
+    return forward(shape, dtype, offset_dtype, mask_dtype, input, offset, mask, weight, bias, output, nullptr, 0,
+        nullptr, true);
 }
 
 char const* hirn_status_string(hirn_status_t status)

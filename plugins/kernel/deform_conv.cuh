@@ -39,14 +39,16 @@ struct Problem
     int h_out, w_out, hw_out;
     int chunks;   // ceil(c_in / kChunkC)
     int o_blocks; // ceil(c_out / kTileO)
+    bool offset_f32; // offsets are FP32 (else the features' dtype)
+    bool mask_f32;   // mask is FP32 (else the features' dtype)
 };
 
 template <typename T>
 struct Tensors
 {
     T const* input;  // [N, C_in, H, W]
-    T const* offset; // [N, 2*G*taps, H_out, W_out]
-    T const* mask;   // [N, G*taps, H_out, W_out] or nullptr
+    void const* offset; // [N, 2*G*taps, H_out, W_out], T or float (Problem::offset_f32)
+    void const* mask;   // [N, G*taps, H_out, W_out], T or float (Problem::mask_f32), or nullptr
     T const* weight; // [C_out, C_in, kh, kw]
     T const* bias;   // [C_out] or nullptr
     T* output;       // [N, C_out, H_out, W_out]
@@ -122,6 +124,15 @@ template <>
 __host__ __device__ inline __half fromFloat<__half>(float v)
 {
     return __float2half_rn(v);
+}
+
+// Element i of an offset or mask tensor that holds either T or float. FP16 features may come with
+// FP32 offsets, so that positions far from the origin keep their fraction (FP16's spacing is 1 px
+// beyond 1024). The flag is uniform across a launch, so the branch never diverges.
+template <typename T>
+__host__ __device__ inline float loadPosition(void const* base, bool f32, int64_t i)
+{
+    return f32 ? static_cast<float const*>(base)[i] : toFloat(static_cast<T const*>(base)[i]);
 }
 
 // N consecutive channels; whole-struct copies compile to 16-byte loads and stores.
@@ -214,11 +225,12 @@ __host__ __device__ inline void sampleItem(
         int const kj = tap - ki * p.kw;
         int64_t const hwOut = p.hw_out;
         int const gt = g * p.taps + tap;
-        T const* off = t.offset + (int64_t(n) * 2 * p.groups * p.taps + 2 * gt) * hwOut + pixel;
-        float const dy = toFloat(off[0]);
-        float const dx = toFloat(off[hwOut]);
-        float const m
-            = t.mask ? toFloat(t.mask[(int64_t(n) * p.groups * p.taps + gt) * hwOut + pixel]) : 1.f;
+        int64_t const off = (int64_t(n) * 2 * p.groups * p.taps + 2 * gt) * hwOut + pixel;
+        float const dy = loadPosition<T>(t.offset, p.offset_f32, off);
+        float const dx = loadPosition<T>(t.offset, p.offset_f32, off + hwOut);
+        float const m = t.mask
+            ? loadPosition<T>(t.mask, p.mask_f32, (int64_t(n) * p.groups * p.taps + gt) * hwOut + pixel)
+            : 1.f;
         // Same expression as torchvision: integer base position plus the fractional offset.
         float const y = float(oy * p.sh - p.ph + ki * p.dh) + dy;
         float const x = float(ox * p.sw - p.pw + kj * p.dw) + dx;

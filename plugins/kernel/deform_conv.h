@@ -7,8 +7,9 @@
  *   weight [C_out, C_in, kh, kw]
  *   bias   [C_out]                       (may be NULL: no bias)
  *   output [N, C_out, H_out, W_out]
- * All tensors are dense NCHW of one dtype (FP32 or FP16); accumulation is FP32.
- * Input channel c belongs to offset group c / (C_in / G).
+ * All tensors are dense NCHW. input, weight, bias and output share one dtype (FP32 or FP16);
+ * offset and mask are each either FP32 or that dtype (FP32 offsets keep FP16 features' sampling
+ * positions exact). Accumulation is FP32. Input channel c belongs to offset group c / (C_in / G).
  */
 #ifndef HIRN_DEFORM_CONV_H
 #define HIRN_DEFORM_CONV_H
@@ -28,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or struct below changes. */
-#define HIRN_DEFORM_CONV_ABI_VERSION 1
+#define HIRN_DEFORM_CONV_ABI_VERSION 2
 
 typedef enum {
     HIRN_DTYPE_FLOAT32 = 0,
@@ -73,8 +74,10 @@ HIRN_DCN_API hirn_status_t hirn_deform_conv_check(const hirn_deform_conv_shape_t
 HIRN_DCN_API size_t hirn_deform_conv_workspace_size(const hirn_deform_conv_shape_t* shape, hirn_dtype_t dtype);
 
 /* Enqueue the convolution on `stream`; device pointers; workspace at least workspace_size() bytes,
- * 16-byte aligned. Returns without synchronising. */
+ * 16-byte aligned. dtype is that of input, weight, bias and output; offset_dtype and mask_dtype are
+ * each HIRN_DTYPE_FLOAT32 or dtype. Returns without synchronising. */
 HIRN_DCN_API hirn_status_t hirn_deform_conv_forward(const hirn_deform_conv_shape_t* shape, hirn_dtype_t dtype,
+                                                    hirn_dtype_t offset_dtype, hirn_dtype_t mask_dtype,
                                                     const void* input, const void* offset, const void* mask,
                                                     const void* weight, const void* bias, void* output,
                                                     void* workspace, size_t workspace_bytes, cudaStream_t stream);
@@ -83,6 +86,7 @@ HIRN_DCN_API hirn_status_t hirn_deform_conv_forward(const hirn_deform_conv_shape
  * (host pointers, single-threaded, slow). It exists so that the kernels' index arithmetic, packing and
  * tiling are tested where no GPU is present. */
 HIRN_DCN_API hirn_status_t hirn_deform_conv_forward_host(const hirn_deform_conv_shape_t* shape, hirn_dtype_t dtype,
+                                                         hirn_dtype_t offset_dtype, hirn_dtype_t mask_dtype,
                                                          const void* input, const void* offset, const void* mask,
                                                          const void* weight, const void* bias, void* output);
 

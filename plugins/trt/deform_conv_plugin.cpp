@@ -4,6 +4,7 @@
 
 #include "deform_conv.h"
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <sstream>
@@ -149,6 +150,59 @@ std::string checkDims(Dims const* in, int32_t nbInputs, DeformConvAttrs const& a
     return "";
 }
 
+bool allKnown(Dims const& d)
+{
+    for (int32_t i = 0; i < d.nbDims; ++i)
+    {
+        if (d.d[i] < 0)
+        {
+            return false;
+        }
+    }
+    return true;
+}
+
+// The kernel's rules (taps <= 9, groups divide C_in, kernel within the padded input, size limits) at one
+// bound of the build profile. Engines have dynamic H and W, so this is where a bad configuration shows
+// before any shape is known; "" if fine or if the bound is not known.
+std::string checkBound(Dims const& input, Dims const& weight, DeformConvAttrs const& a, char const* which)
+{
+    if (!allKnown(input) || !allKnown(weight))
+    {
+        return "";
+    }
+    hirn_deform_conv_shape_t shape{};
+    std::string why;
+    if (!toShape(input, weight, a, &shape, &why))
+    {
+        return why;
+    }
+    if (hirn_deform_conv_check(&shape, HIRN_DTYPE_FLOAT16) != HIRN_STATUS_SUCCESS)
+    {
+        return std::string("at the profile's ") + which + " input " + dimsText(input) + " and weight "
+            + dimsText(weight) + ": " + hirn_deform_conv_last_error();
+    }
+    return "";
+}
+
+// Workspace for the largest shape of the profile; 0 if the bounds are unknown or invalid.
+size_t maxWorkspace(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs, DeformConvAttrs const& a)
+{
+    hirn_deform_conv_shape_t shape{};
+    hirn_dtype_t dtype{};
+    std::string why;
+    if (nbInputs < 4 || !toDtype(in[0].desc.type, &dtype) || !toShape(in[0].max, in[3].max, a, &shape, &why))
+    {
+        return 0;
+    }
+    return hirn_deform_conv_workspace_size(&shape, dtype);
+}
+
+bool isFloat(DataType type)
+{
+    return type == DataType::kFLOAT || type == DataType::kHALF;
+}
+
 bool readInts(nvinfer1::PluginField const& f, int32_t* out, int32_t count, std::string* why)
 {
     if (f.data == nullptr || (f.length != count && !(count == 2 && f.length == 1)))
@@ -178,9 +232,9 @@ bool readInts(nvinfer1::PluginField const& f, int32_t* out, int32_t count, std::
 
 } // namespace
 
-DeformConvPlugin::DeformConvPlugin(DeformConvAttrs const& attrs, std::string pluginNamespace)
+DeformConvPlugin::DeformConvPlugin(DeformConvAttrs const& attrs, size_t workspaceBytes)
     : mAttrs(attrs)
-    , mNamespace(std::move(pluginNamespace))
+    , mWorkspaceBytes(workspaceBytes)
 {
     std::ostringstream id;
     id << "s" << mAttrs.stride[0] << "x" << mAttrs.stride[1] << "_p" << mAttrs.padding[0] << "x"
@@ -204,7 +258,7 @@ nvinfer1::IPluginV3* DeformConvPlugin::clone() noexcept
 {
     try
     {
-        auto* plugin = new DeformConvPlugin(mAttrs, mNamespace);
+        auto* plugin = new DeformConvPlugin(mAttrs, mWorkspaceBytes);
         plugin->mNbInputs = mNbInputs;
         return plugin;
     }
@@ -227,7 +281,7 @@ char const* DeformConvPlugin::getPluginVersion() const noexcept
 
 char const* DeformConvPlugin::getPluginNamespace() const noexcept
 {
-    return mNamespace.c_str();
+    return kPluginNamespace;
 }
 
 int32_t DeformConvPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -240,13 +294,29 @@ int32_t DeformConvPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc cons
         {
             dims.push_back(in[i].desc.dims);
         }
-        std::string const why = nbOutputs == 1 ? checkDims(dims.data(), nbInputs, mAttrs) : "expects 1 output";
+        std::string why = nbOutputs == 1 ? checkDims(dims.data(), nbInputs, mAttrs) : "expects 1 output";
+        if (why.empty())
+        {
+            why = checkBound(in[0].min, in[3].min, mAttrs, "min");
+        }
+        if (why.empty())
+        {
+            why = checkBound(in[0].max, in[3].max, mAttrs, "max");
+        }
+        size_t const workspace = maxWorkspace(in, nbInputs, mAttrs);
+        if (why.empty() && workspace == 0 && allKnown(in[0].max) && allKnown(in[3].max))
+        {
+            why = "no workspace size for the profile's max input " + dimsText(in[0].max) + " and weight "
+                + dimsText(in[3].max);
+        }
         if (!why.empty())
         {
             logError("HirnDeformConv: " + why);
             return kFailure;
         }
         mNbInputs = nbInputs;
+        // The largest of every profile configured: a runtime shape beyond it has no workspace.
+        mWorkspaceBytes = std::max(mWorkspaceBytes, workspace);
         return kSuccess;
     }
     catch (std::exception const& e)
@@ -296,9 +366,14 @@ bool DeformConvPlugin::supportsFormatCombination(
     }
     if (pos == 0)
     {
-        return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
+        return isFloat(desc.type);
     }
-    return desc.type == inOut[0].desc.type;
+    if (pos == 1 || pos == 2)
+    {
+        // Offsets and mask: FP32 beside FP16 features keeps the sampling positions exact.
+        return desc.type == inOut[0].desc.type || desc.type == DataType::kFLOAT;
+    }
+    return desc.type == inOut[0].desc.type; // weight, bias and output
 }
 
 int32_t DeformConvPlugin::getNbOutputs() const noexcept
@@ -309,14 +384,7 @@ int32_t DeformConvPlugin::getNbOutputs() const noexcept
 size_t DeformConvPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
-    hirn_deform_conv_shape_t shape{};
-    hirn_dtype_t dtype{};
-    std::string why;
-    if (nbInputs < 4 || !toDtype(inputs[0].desc.type, &dtype) || !toShape(inputs[0].max, inputs[3].max, mAttrs, &shape, &why))
-    {
-        return 0;
-    }
-    return hirn_deform_conv_workspace_size(&shape, dtype); // the largest shape of the profile
+    return maxWorkspace(inputs, nbInputs, mAttrs); // the largest shape of the profile
 }
 
 char const* DeformConvPlugin::getTimingCacheID() noexcept
@@ -334,7 +402,15 @@ int32_t DeformConvPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, in
         {
             dims.push_back(in[i].dims);
         }
-        std::string const why = nbOutputs == 1 ? checkDims(dims.data(), nbInputs, mAttrs) : "expects 1 output";
+        std::string why = nbOutputs == 1 ? checkDims(dims.data(), nbInputs, mAttrs) : "expects 1 output";
+        hirn_deform_conv_shape_t shape{};
+        hirn_dtype_t dtype{};
+        if (why.empty() && toDtype(in[0].type, &dtype) && toShape(in[0].dims, in[3].dims, mAttrs, &shape, &why)
+            && mWorkspaceBytes > 0 && hirn_deform_conv_workspace_size(&shape, dtype) > mWorkspaceBytes)
+        {
+            why = "input " + dimsText(in[0].dims) + " needs more workspace than the "
+                + std::to_string(mWorkspaceBytes) + " bytes of the profile the engine was built for";
+        }
         if (!why.empty())
         {
             logError("HirnDeformConv: " + why);
@@ -372,10 +448,19 @@ int32_t DeformConvPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
                 + dimsText(inputDesc[0].dims) + " " + hirn_deform_conv_last_error());
             return kFailure;
         }
-        size_t const bytes = hirn_deform_conv_workspace_size(&shape, dtype);
+        hirn_dtype_t offsetDtype{}, maskDtype{};
+        if (!toDtype(inputDesc[1].type, &offsetDtype) || !toDtype(inputDesc[2].type, &maskDtype))
+        {
+            logError("HirnDeformConv enqueue: offset and mask must be FP32 or FP16");
+            return kFailure;
+        }
+        // TensorRT allocated what getWorkspaceSize asked for the profile's max shape (serialised with the
+        // plan), so the kernel checks this shape's need against that; a plugin made from ONNX fields alone
+        // (never configured) does not know it and can only trust the profile.
+        size_t const bytes = mWorkspaceBytes > 0 ? mWorkspaceBytes : hirn_deform_conv_workspace_size(&shape, dtype);
         void const* bias = mNbInputs == 5 ? inputs[4] : nullptr;
-        hirn_status_t const status = hirn_deform_conv_forward(&shape, dtype, inputs[0], inputs[1], inputs[2],
-            inputs[3], bias, outputs[0], workspace, bytes, stream);
+        hirn_status_t const status = hirn_deform_conv_forward(&shape, dtype, offsetDtype, maskDtype, inputs[0],
+            inputs[1], inputs[2], inputs[3], bias, outputs[0], workspace, bytes, stream);
         if (status != HIRN_STATUS_SUCCESS)
         {
             logError(std::string("HirnDeformConv enqueue: ") + hirn_status_string(status) + ": "
@@ -403,13 +488,14 @@ nvinfer1::PluginFieldCollection const* DeformConvPlugin::getFieldsToSerialize() 
     mSerialFields.emplace_back("padding", mAttrs.padding, PluginFieldType::kINT32, 2);
     mSerialFields.emplace_back("dilation", mAttrs.dilation, PluginFieldType::kINT32, 2);
     mSerialFields.emplace_back("deformable_groups", &mAttrs.deformableGroups, PluginFieldType::kINT32, 1);
+    mSerialWorkspace = int64_t(mWorkspaceBytes);
+    mSerialFields.emplace_back(kWorkspaceField, &mSerialWorkspace, PluginFieldType::kINT64, 1);
     mSerialCollection.nbFields = int32_t(mSerialFields.size());
     mSerialCollection.fields = mSerialFields.data();
     return &mSerialCollection;
 }
 
-DeformConvPluginCreator::DeformConvPluginCreator(char const* pluginNamespace)
-    : mNamespace(pluginNamespace)
+DeformConvPluginCreator::DeformConvPluginCreator()
 {
     // The attributes the ONNX parser copies from the node (it only passes the names listed here).
     mFields.emplace_back("stride", nullptr, PluginFieldType::kINT32, 2);
@@ -432,7 +518,7 @@ char const* DeformConvPluginCreator::getPluginVersion() const noexcept
 
 char const* DeformConvPluginCreator::getPluginNamespace() const noexcept
 {
-    return mNamespace.c_str();
+    return kPluginNamespace;
 }
 
 nvinfer1::PluginFieldCollection const* DeformConvPluginCreator::getFieldNames() noexcept
@@ -446,6 +532,7 @@ nvinfer1::IPluginV3* DeformConvPluginCreator::createPlugin(
     try
     {
         DeformConvAttrs attrs; // missing fields keep HiRN's values (1, 1, 1, 16)
+        int64_t workspaceBytes = 0;
         std::string why;
         for (int32_t i = 0; fc != nullptr && i < fc->nbFields && why.empty(); ++i)
         {
@@ -467,9 +554,14 @@ nvinfer1::IPluginV3* DeformConvPluginCreator::createPlugin(
             {
                 readInts(f, &attrs.deformableGroups, 1, &why);
             }
+            else if (field == kWorkspaceField && f.type == PluginFieldType::kINT64 && f.length == 1 && f.data)
+            {
+                workspaceBytes = *static_cast<int64_t const*>(f.data); // from a serialised plan
+            }
             else
             {
-                why = "unknown field '" + field + "' (expected stride, padding, dilation, deformable_groups)";
+                why = "unknown field '" + field + "' (expected stride, padding, dilation, deformable_groups; "
+                    + kWorkspaceField + " in plans)";
             }
         }
         if (why.empty()
@@ -478,12 +570,16 @@ nvinfer1::IPluginV3* DeformConvPluginCreator::createPlugin(
         {
             why = "stride, dilation and deformable_groups must be >= 1 and padding >= 0";
         }
+        if (why.empty() && workspaceBytes < 0)
+        {
+            why = std::string(kWorkspaceField) + " must be >= 0";
+        }
         if (!why.empty())
         {
             logError(std::string("HirnDeformConv ") + (name ? name : "") + ": " + why);
             return nullptr;
         }
-        return new DeformConvPlugin(attrs, mNamespace);
+        return new DeformConvPlugin(attrs, size_t(workspaceBytes));
     }
     catch (std::exception const& e)
     {

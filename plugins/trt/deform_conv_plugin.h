@@ -1,6 +1,6 @@
-// TensorRT 10 IPluginV3 plugin "HirnDeformConv" (version "1") running the kernel of plugins/kernel.
+// TensorRT 10/11 IPluginV3 plugin "HirnDeformConv" (version "1") running the kernel of plugins/kernel.
 //
-// IO (all FP32 or all FP16, linear NCHW):
+// IO (linear NCHW; FP32 or FP16 features, offset and mask FP32 or the features' dtype):
 //   inputs  0 input  [N, C_in, H, W]
 //           1 offset [N, 2*G*kh*kw, H_out, W_out]
 //           2 mask   [N, G*kh*kw, H_out, W_out]
@@ -8,7 +8,8 @@
 //           4 bias   [C_out]                       (optional)
 //   output  0 output [N, C_out, H_out, W_out]
 // Fields (= ONNX attributes of hirn::HirnDeformConv): stride[2], padding[2], dilation[2],
-// deformable_groups[1], INT32 (INT64 accepted too).
+// deformable_groups[1], INT32 (INT64 accepted too); plans also store workspace_bytes (INT64), the
+// workspace TensorRT allocates for the build profile's max shape.
 #pragma once
 
 #include <NvInferRuntime.h>
@@ -24,7 +25,9 @@ namespace trt
 
 constexpr char const* kPluginName = "HirnDeformConv";
 constexpr char const* kPluginVersion = "1";
+// = the ONNX node's domain (PLUGIN_DOMAIN in train/deform_conv.py); the library's only namespace.
 constexpr char const* kPluginNamespace = "hirn";
+constexpr char const* kWorkspaceField = "workspace_bytes";
 
 struct DeformConvAttrs
 {
@@ -40,7 +43,7 @@ class DeformConvPlugin final : public nvinfer1::IPluginV3,
                                public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    DeformConvPlugin(DeformConvAttrs const& attrs, std::string pluginNamespace);
+    DeformConvPlugin(DeformConvAttrs const& attrs, size_t workspaceBytes);
     ~DeformConvPlugin() override = default;
 
     // IPluginV3
@@ -77,7 +80,8 @@ public:
 
 private:
     DeformConvAttrs mAttrs;
-    std::string mNamespace;
+    size_t mWorkspaceBytes{0}; // for the build profile's max shape; 0 = not known
+    int64_t mSerialWorkspace{0};
     std::string mTimingCacheId;
     int32_t mNbInputs{5};
     std::vector<nvinfer1::PluginField> mSerialFields;
@@ -87,7 +91,7 @@ private:
 class DeformConvPluginCreator final : public nvinfer1::IPluginCreatorV3One
 {
 public:
-    explicit DeformConvPluginCreator(char const* pluginNamespace);
+    DeformConvPluginCreator();
     ~DeformConvPluginCreator() override = default;
 
     char const* getPluginName() const noexcept override;
@@ -98,7 +102,6 @@ public:
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
 private:
-    std::string mNamespace;
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mCollection{};
 };

@@ -1,14 +1,14 @@
 """The interface every backend implements: run a named per-step graph.
 
 The driver calls only these methods and never asks which backend it has.
-Arrays are backend-native (numpy arrays, OrtValues or torch tensors) and
+Arrays are backend-native (numpy arrays on the CPU, torch tensors on CUDA) and
 stay on the backend's device between steps; only ``to_numpy`` copies back.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,28 +19,56 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """Which backend runs the graphs, and how. ``hirn-run`` options map onto these fields."""
+    """Which backend runs the graphs, and how. ``hirn-run`` options map onto these fields;
+    each backend's ``from_config`` checks the ones it reads and refuses the ones it lacks."""
 
-    backend: str = "torch"                # torch | onnxruntime | tensorrt
-    checkpoint: Path | None = None        # torch: a .pth checkpoint (None: untrained weights)
+    backend: str | None = "torch"         # torch | onnxruntime | tensorrt (None: not inferred)
+    checkpoint: Path | None = None        # torch: a .pth checkpoint of any HiRN size
     onnx_dir: Path | None = None          # onnxruntime: a folder from hirn-export onnx
     engines_dir: Path | None = None       # tensorrt: a folder from hirn-export engine
     device: str = "cpu"                   # cpu | cuda | cuda:N
-    precision: str = "fp32"               # fp32 | fp16 (torch; ONNX folders carry their own)
+    precision: str | None = None          # fp32 | fp16 (None: torch fp32, an ONNX folder's own)
     threads: int | None = None            # CPU threads (None: the library's default)
     batch_size: int = 4                   # frames per call of the batchable graphs
     cuda_graphs: bool = False             # torch, tensorrt: replay steps as CUDA graphs
     compile_steps: bool = False           # torch: torch.compile the step modules
+    allow_untrained: bool = False         # torch without a checkpoint: seeded random weights
+                                          # (the demo); a real run refuses
+
+    @property
+    def weights(self) -> Path | None:
+        """The checkpoint or folder given, whichever it is; None when none was."""
+        return self.checkpoint or self.onnx_dir or self.engines_dir
 
 
 class Runner(ABC):
-    """Runs the per-step graphs of one model on one device."""
+    """Runs the per-step graphs of one model on one device.
+
+    Every runner also says where its arrays live and what a feature map costs, so that
+    callers (the memory check) need not probe arrays:
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda:N"`` (the tensorrt runner: a ``torch.device`` whose
+            ``str()`` is that).
+        element_size: bytes per feature-map value: 4 in FP32, 2 in FP16. Frames, flows
+            and HR outputs are FP32 in every precision.
+    """
 
     name = "base"
+    device: str
+    element_size: int
 
-    def __init__(self, graph_inputs: dict[str, Sequence[str]], mid_channels: int):
-        self.graph_inputs = dict(graph_inputs)  # graph name -> its input names, in order
+    def __init__(self, graph_inputs: Mapping[str, Sequence[str]], mid_channels: int,
+                 batchable: Mapping[str, bool] | None = None):
+        """Args:
+            graph_inputs: graph name -> its input names, in order.
+            mid_channels: feature channels of the model.
+            batchable: graph name -> whether it takes a batch of frames (None: all do);
+                the recurrent steps take one frame at a time.
+        """
+        self.graph_inputs = {name: list(inputs) for name, inputs in graph_inputs.items()}
         self.mid_channels = mid_channels
+        self.batchable = dict(batchable or {})
 
     def run(self, graph: str, *inputs):
         """Run ``graph`` on positional ``inputs`` (in the graph's input order); one output."""
@@ -51,6 +79,9 @@ class Runner(ABC):
         if len(inputs) != len(expected):
             raise TypeError(f"graph {graph} takes {len(expected)} inputs {list(expected)}, "
                             f"got {len(inputs)}")
+        if not self.batchable.get(graph, True) and inputs[0].shape[0] != 1:
+            raise ValueError(f"graph {graph} takes one frame at a time, got a batch of "
+                             f"{inputs[0].shape[0]}")
         return self._run_impl(graph, inputs)
 
     @abstractmethod

@@ -1,29 +1,31 @@
 """The ``onnxruntime`` backend: per-step graphs from ``hirn-export onnx``.
 
-On the CPU, arrays are numpy arrays. On a GPU (onnxruntime-gpu with the CUDA
-or TensorRT execution provider), arrays are torch CUDA tensors bound through
-IO binding, so features never leave the device between steps.
+Two runners share the sessions and the checks of an exported folder:
+:class:`OnnxRuntimeRunner` on the CPU, with numpy arrays, and
+:class:`OnnxRuntimeCudaRunner` on a GPU (onnxruntime-gpu's CUDA execution provider),
+with torch CUDA tensors bound through IO binding, so that features never leave the device
+between steps. Shapes and dtypes come from the folder's manifest.
+
+ONNX Runtime's TensorRT execution provider is not offered: it would build engines at run
+time without our plugin or engine cache; the ``tensorrt`` backend runs prebuilt engines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from hirn.core.errors import BackendError, ModelFolderError
-from hirn.core.graphs import graph_specs
+from hirn.core.graphs import FEATURE, FLOW, graph_specs
 from hirn.export.manifest import verify_folder
 
 from .base import BackendConfig, Runner
 
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+CPU_PROVIDERS = ("CPUExecutionProvider",)
+# Nodes the CUDA provider lacks fall back to the CPU (ONNX Runtime copies for them).
+CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def _import_onnxruntime():
@@ -35,121 +37,209 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class OnnxRuntimeRunner(Runner):
-    """Runs the graphs of an exported folder with ONNX Runtime sessions."""
+def concrete_shape(dims: Sequence[int | str], sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """A manifest shape (``["batch", 3, "height*4", "width*4"]``) with its symbols bound by
+    ``sizes`` (``{"batch": 2, "height": 64, "width": 80}``)."""
+    shape = []
+    for dim in dims:
+        if isinstance(dim, int):
+            shape.append(dim)
+            continue
+        symbol, _, factor = dim.partition("*")
+        shape.append(sizes[symbol] * (int(factor) if factor else 1))
+    return tuple(shape)
+
+
+def bound_sizes(specs: Sequence[Mapping], arrays: Sequence) -> dict[str, int]:
+    """The symbolic dims of a graph's inputs (``batch``, ``height``, ``width``) bound by the
+    arrays given for them."""
+    sizes = {}
+    for spec, array in zip(specs, arrays):
+        for dim, size in zip(spec["shape"], array.shape):
+            if isinstance(dim, str) and "*" not in dim:
+                sizes[dim] = int(size)
+    return sizes
+
+
+def check_config(config: BackendConfig) -> None:
+    """Refuse the options this backend does not have, before any folder is read."""
+    if config.compile_steps:
+        raise BackendError("--compile applies to the torch backend only (this run uses "
+                           "onnxruntime): leave it out")
+    if config.cuda_graphs:
+        raise BackendError("--cuda-graphs applies to the torch and tensorrt backends only: "
+                           "leave it out with --onnx")
+    if config.onnx_dir is None:
+        raise BackendError("the onnxruntime backend needs --onnx DIR "
+                           "(make one with: hirn-export onnx CHECKPOINT -o DIR)")
+
+
+class _SessionRunner(Runner):
+    """One ONNX Runtime session per graph of a verified folder; subclasses own the arrays."""
 
     name = "onnxruntime"
+    providers: tuple[str, ...] = ()  # the first is the one asked for
 
-    def __init__(self, folder: str | Path, provider: str = "cpu", threads: int | None = None,
-                 device_id: int = 0):
+    def __init__(self, folder: str | Path, device: str, threads: int | None = None,
+                 precision: str | None = None):
+        """Args:
+            folder: a folder from ``hirn-export onnx``.
+            device: where the arrays live (``cpu``, ``cuda:N``).
+            threads: intra-op threads (None: ONNX Runtime's default).
+            precision: the precision asked for, which must be the folder's (None: any).
+        """
         ort = _import_onnxruntime()
-        self.folder = Path(folder)
+        self.folder, self.device = Path(folder), device
         self.manifest = verify_folder(self.folder)
+        self._check_folder(precision)
         graphs = self.manifest["graphs"]
-        needed = [s.name for s in graph_specs(self.manifest["model"]["mid_channels"])]
-        if missing := [name for name in needed if name not in graphs]:
-            raise ModelFolderError(f"{self.folder} lacks the graphs {missing}; export the "
-                                   "whole model with hirn-export onnx")
         super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
-                         self.manifest["model"]["mid_channels"])
-        if provider not in PROVIDERS:
-            raise BackendError(f"unknown ONNX Runtime provider {provider!r}; "
-                               f"choose from {sorted(PROVIDERS)}")
-        wanted, available = PROVIDERS[provider], ort.get_available_providers()
-        if wanted[0] not in available:
+                         self.manifest["model"]["mid_channels"],
+                         batchable={name: g["batchable"] for name, g in graphs.items()})
+        available = ort.get_available_providers()
+        if self.providers[0] not in available:
             raise BackendError(
-                f"requested provider {wanted[0]}, available: {available}. For GPUs: "
+                f"requested provider {self.providers[0]}, available: {available}. For GPUs: "
                 "pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
-        plugin = self.manifest["dcn"] == "plugin"
-        if plugin and provider != "cpu":
-            raise BackendError(f"{self.folder} uses the HirnDeformConv plugin op, which ONNX "
-                               "Runtime runs on the CPU only: use --device cpu, the tensorrt "
-                               "backend, or export with --dcn onnx")
-        self.provider, self.device_id = provider, device_id
-        self.on_gpu = provider != "cpu"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         source = str
-        if plugin:  # the op through onnxruntime-extensions, on an in-memory copy of each graph
+        if self.manifest["dcn"] == "plugin":
+            # the op through onnxruntime-extensions, on an in-memory copy of each graph
             from hirn.export.plugin_ops import cpu_model_bytes, register_cpu_op
 
             register_cpu_op(options)
             source = cpu_model_bytes
         self.sessions = {name: ort.InferenceSession(source(self.folder / g["file"]), options,
-                                                    providers=wanted)
+                                                    providers=list(self.providers))
                          for name, g in graphs.items()}
-        self.feature_dtype = _NUMPY_DTYPES[graphs["encode"]["outputs"][0]["dtype"]]
-        if self.on_gpu:
-            import torch  # device arrays for IO binding
+        # Every tensor of a kind has one dtype and channel count (hirn.core.graphs).
+        self.tensor_kinds = {t["kind"]: t for g in graphs.values()
+                             for t in (*g["inputs"], *g["outputs"])}
+        self.element_size = np.dtype(self.tensor_kinds[FEATURE]["dtype"]).itemsize
 
-            self._torch = torch
+    def _check_folder(self, precision: str | None) -> None:
+        exported = self.manifest["precision"]
+        if precision is not None and precision != exported:
+            raise BackendError(
+                f"{self.folder} holds {exported} graphs, not {precision}: leave --precision "
+                f"out, or export {precision} graphs (hirn-export onnx --precision {precision})")
+        needed = [s.name for s in graph_specs(self.manifest["model"]["mid_channels"])]
+        if missing := [name for name in needed if name not in self.manifest["graphs"]]:
+            raise ModelFolderError(f"{self.folder} lacks the graphs {missing}; export the "
+                                   "whole model with hirn-export onnx")
 
-    @classmethod
-    def from_config(cls, config: BackendConfig) -> OnnxRuntimeRunner:
-        if config.onnx_dir is None:
-            raise BackendError("the onnxruntime backend needs --onnx DIR "
-                               "(make one with: hirn-export onnx CHECKPOINT -o DIR)")
-        provider = "cpu" if config.device == "cpu" else "cuda"
-        device_id = int(config.device.split(":")[1]) if ":" in config.device else 0
-        return cls(config.onnx_dir, provider, config.threads, device_id)
-
-    def _run_impl(self, graph: str, inputs: Sequence):
-        session = self.sessions[graph]
-        names = self.graph_inputs[graph]
-        if not self.on_gpu:
-            return session.run(None, dict(zip(names, inputs)))[0]
-        return self._run_bound(graph, session, names, inputs)
-
-    def _run_bound(self, graph, session, names, inputs):
-        torch = self._torch
-        binding = session.io_binding()
-        for name, tensor in zip(names, inputs):
-            tensor = tensor.contiguous()
-            binding.bind_input(name, "cuda", self.device_id, _NUMPY_DTYPES[str(tensor.dtype)[6:]],
-                               list(tensor.shape), tensor.data_ptr())
-        out_spec = self.manifest["graphs"][graph]["outputs"][0]
-        batch, _, height, width = inputs[0].shape
-        scale = 4 if out_spec["kind"] == "output" else 1
-        dtype = torch.float16 if out_spec["dtype"] == "float16" else torch.float32
-        out = torch.empty(batch, out_spec["shape"][1], height * scale, width * scale, dtype=dtype,
-                          device=f"cuda:{self.device_id}")
-        binding.bind_output(out_spec["name"], "cuda", self.device_id,
-                            _NUMPY_DTYPES[out_spec["dtype"]], list(out.shape), out.data_ptr())
-        session.run_with_iobinding(binding)
-        return out
-
-    def from_numpy(self, frames: np.ndarray):
-        frames = np.ascontiguousarray(frames, dtype=np.float32)
-        if self.on_gpu:
-            return self._torch.from_numpy(frames).to(f"cuda:{self.device_id}")
-        return frames
-
-    def to_numpy(self, array) -> np.ndarray:
-        if self.on_gpu:
-            return array.float().cpu().numpy()
-        return np.asarray(array, dtype=np.float32)
-
-    def zeros(self, kind: str, batch: int, height: int, width: int):
-        channels, dtype = (2, np.float32) if kind == "flow" else (self.mid_channels,
-                                                                   self.feature_dtype)
-        if self.on_gpu:
-            torch = self._torch
-            return torch.zeros(batch, channels, height, width, device=f"cuda:{self.device_id}",
-                               dtype=torch.float16 if dtype == np.float16 else torch.float32)
-        return np.zeros((batch, channels, height, width), dtype=dtype)
-
-    def concat(self, arrays: Sequence):
-        return self._torch.cat(list(arrays)) if self.on_gpu else np.concatenate(arrays, axis=0)
-
-    def split(self, array) -> list:
-        if self.on_gpu:
-            return list(array.split(1, dim=0))
-        return [array[i:i + 1] for i in range(array.shape[0])]
+    def _zeros_spec(self, kind: str, batch: int, height: int, width: int):
+        """Shape and dtype of a missing ``feature`` or ``flow`` input."""
+        spec = self.tensor_kinds[FLOW if kind == "flow" else FEATURE]
+        sizes = {"batch": batch, "height": height, "width": width}
+        return concrete_shape(spec["shape"], sizes), spec["dtype"]
 
     def describe(self) -> str:
         import onnxruntime
 
-        return (f"onnxruntime {onnxruntime.__version__} ({PROVIDERS[self.provider][0]}, "
+        return (f"onnxruntime {onnxruntime.__version__} ({self.providers[0]}, "
                 f"{self.manifest['precision']}, dcn={self.manifest['dcn']})")
+
+
+class OnnxRuntimeRunner(_SessionRunner):
+    """ONNX Runtime on the CPU; arrays are numpy arrays."""
+
+    providers = CPU_PROVIDERS
+
+    def __init__(self, folder: str | Path, threads: int | None = None,
+                 precision: str | None = None):
+        super().__init__(folder, "cpu", threads, precision)
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> OnnxRuntimeRunner:
+        check_config(config)
+        return cls(config.onnx_dir, config.threads, config.precision)
+
+    def _run_impl(self, graph: str, inputs: Sequence):
+        return self.sessions[graph].run(None, dict(zip(self.graph_inputs[graph], inputs)))[0]
+
+    def from_numpy(self, frames: np.ndarray):
+        return np.ascontiguousarray(frames, dtype=np.float32)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return np.asarray(array, dtype=np.float32)
+
+    def zeros(self, kind: str, batch: int, height: int, width: int):
+        shape, dtype = self._zeros_spec(kind, batch, height, width)
+        return np.zeros(shape, dtype=dtype)
+
+    def concat(self, arrays: Sequence):
+        return np.concatenate(arrays, axis=0)
+
+    def split(self, array) -> list:
+        return [array[i:i + 1] for i in range(array.shape[0])]
+
+
+class OnnxRuntimeCudaRunner(_SessionRunner):
+    """ONNX Runtime's CUDA execution provider; arrays are torch CUDA tensors, bound to the
+    sessions by address (IO binding)."""
+
+    providers = CUDA_PROVIDERS
+
+    def __init__(self, folder: str | Path, device: str = "cuda", threads: int | None = None,
+                 precision: str | None = None):
+        import torch  # device arrays for IO binding
+
+        self._torch = torch
+        self.device_id = int(device.partition(":")[2] or 0)
+        super().__init__(folder, f"cuda:{self.device_id}", threads, precision)
+
+    def _check_folder(self, precision: str | None) -> None:
+        super()._check_folder(precision)
+        if self.manifest["dcn"] == "plugin":
+            raise BackendError(f"{self.folder} uses the HirnDeformConv plugin op, which ONNX "
+                               "Runtime runs on the CPU only: use --device cpu, the tensorrt "
+                               "backend, or export with --dcn onnx")
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> OnnxRuntimeCudaRunner:
+        check_config(config)
+        return cls(config.onnx_dir, config.device, config.threads, config.precision)
+
+    def _dtype(self, name: str):
+        return {"float32": self._torch.float32, "float16": self._torch.float16}[name]
+
+    def _run_impl(self, graph: str, inputs: Sequence):
+        entry = self.manifest["graphs"][graph]
+        binding = self.sessions[graph].io_binding()
+        tensors = []
+        for spec, tensor in zip(entry["inputs"], inputs):
+            if tensor.dtype != self._dtype(spec["dtype"]) or str(tensor.device) != self.device:
+                raise TypeError(f"{graph}.{spec['name']} must be {spec['dtype']} on "
+                                f"{self.device}, got {tensor.dtype} on {tensor.device}")
+            tensor = tensor.contiguous()
+            tensors.append(tensor)  # alive until the run ends
+            binding.bind_input(spec["name"], "cuda", self.device_id, np.dtype(spec["dtype"]),
+                               list(tensor.shape), tensor.data_ptr())
+        out_spec = entry["outputs"][0]
+        shape = concrete_shape(out_spec["shape"], bound_sizes(entry["inputs"], tensors))
+        out = self._torch.empty(shape, dtype=self._dtype(out_spec["dtype"]), device=self.device)
+        binding.bind_output(out_spec["name"], "cuda", self.device_id,
+                            np.dtype(out_spec["dtype"]), list(shape), out.data_ptr())
+        self.sessions[graph].run_with_iobinding(binding)
+        return out
+
+    def from_numpy(self, frames: np.ndarray):
+        return self._torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(
+            self.device)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return array.float().cpu().numpy()
+
+    def zeros(self, kind: str, batch: int, height: int, width: int):
+        shape, dtype = self._zeros_spec(kind, batch, height, width)
+        return self._torch.zeros(shape, dtype=self._dtype(dtype), device=self.device)
+
+    def concat(self, arrays: Sequence):
+        return self._torch.cat(list(arrays))
+
+    def split(self, array) -> list:
+        return list(array.split(1, dim=0))

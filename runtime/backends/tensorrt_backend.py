@@ -6,6 +6,17 @@ without synchronisation and memory the caching allocator recycles is never still
 nothing returns to the host until ``to_numpy``. Each engine has one execution context; inputs
 and outputs are bound by address (``set_tensor_address``) and run with ``execute_async_v3``.
 
+Three rules of the TensorRT API shape this module (NvInferRuntime.h, 10.x and 11.x):
+
+- ``torch.device("cuda")`` has no index and never equals a tensor's ``cuda:N``: the runner
+  keeps the device with its index (:func:`cuda_device`).
+- ``setTensorAddress`` needs 256-byte aligned pointers, and batch-1 views of a batched tensor
+  (``split``) start ``C*H*W*element_size`` bytes apart: a tensor that is not aligned is copied
+  into an aligned buffer before it is bound (:func:`aligned`).
+- The engines run one after another on one stream, so they share one activation buffer
+  sized to the largest (contexts created ``USER_MANAGED``, ``set_device_memory``) instead of
+  holding one each (:func:`create_contexts`).
+
 With ``cuda_graphs=True`` the step engines (batch 1, the same size for a whole clip) are
 captured into a CUDA graph after their first run at a shape and replayed afterwards; inputs
 are copied into the graph's static buffers and the output is copied out of it. A shape change
@@ -14,10 +25,12 @@ captures again (TensorRT requires a run after a shape change before capture).
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +47,12 @@ from hirn.export.engine_cache import (
 
 from .base import BackendConfig, Runner
 
+if TYPE_CHECKING:
+    from torch import device as torch_device
+
+TENSOR_ALIGNMENT = 256      # bytes: IExecutionContext::setTensorAddress
+ACTIVATION_ALIGNMENT = 512  # bytes: setDeviceMemoryV2 wants CUDA's allocation alignment
+
 
 def _import_tensorrt():
     try:
@@ -41,6 +60,63 @@ def _import_tensorrt():
     except ImportError as exc:
         raise BackendError(f"the tensorrt backend needs TensorRT: {TENSORRT_HINT}") from exc
     return tensorrt
+
+
+def cuda_device(device: str, current_device: Callable[[], int]) -> torch_device:
+    """``device`` ("cuda", "cuda:N") as a torch device with its index; a bare "cuda" means
+    ``current_device()``. Tensors report ``cuda:N``, and ``torch.device("cuda")`` equals none
+    of them."""
+    import torch
+
+    resolved = torch.device(device)
+    if resolved.type != "cuda":
+        raise BackendError(f"the tensorrt backend runs on CUDA devices, not {device!r}")
+    return resolved if resolved.index is not None else torch.device("cuda", current_device())
+
+
+def empty_aligned(shape: Sequence[int], dtype, device, alignment: int = TENSOR_ALIGNMENT):
+    """An uninitialised tensor whose first byte is ``alignment``-aligned, on any device (the
+    CUDA caching allocator aligns to 512 bytes, the CPU allocator only to 64)."""
+    import torch
+
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = torch.empty(nbytes + alignment, dtype=torch.uint8, device=device)
+    start = -raw.data_ptr() % alignment
+    return raw[start:start + nbytes].view(dtype).view(tuple(shape))
+
+
+def aligned_copy(tensor):
+    """A contiguous copy of ``tensor`` that starts on a 256-byte boundary."""
+    copy = empty_aligned(tensor.shape, tensor.dtype, tensor.device)
+    copy.copy_(tensor)
+    return copy
+
+
+def aligned(tensor):
+    """``tensor`` itself when TensorRT may bind it (contiguous, 256-byte aligned), else an
+    aligned copy: views from ``split`` start wherever the previous frame ended."""
+    if tensor.is_contiguous() and tensor.data_ptr() % TENSOR_ALIGNMENT == 0:
+        return tensor
+    return aligned_copy(tensor)
+
+
+def create_contexts(trt, engines: dict, allocate: Callable[[int], object]) -> tuple[dict, object]:
+    """One execution context per engine, all on one activation buffer of the largest engine's
+    size (``allocate(nbytes)`` returns it). Safe because the runner runs its engines one after
+    another on one stream: no two use the buffer at once. Returns (contexts, buffer)."""
+    size = max((int(e.device_memory_size_v2) for e in engines.values()), default=0)
+    buffer = allocate(size)
+    address = buffer.data_ptr() if size else 0
+    contexts = {}
+    for name, engine in engines.items():
+        context = engine.create_execution_context(
+            trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {name} "
+                               "(see its log above)")
+        context.set_device_memory(address, size)
+        contexts[name] = context
+    return contexts, buffer
 
 
 def check_engine_folder(folder: Path, batch_size: int | None = None) -> dict:
@@ -88,6 +164,7 @@ class TensorRTRunner(Runner):
         graphs = self.manifest["graphs"]
         super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
                          self.manifest["model"]["mid_channels"])
+        self.element_size = np.dtype(graphs["encode"]["outputs"][0]["dtype"]).itemsize
         trt = _import_tensorrt()
         import torch
 
@@ -96,9 +173,7 @@ class TensorRTRunner(Runner):
                                f"{torch.__version__} sees none (a CUDA build of PyTorch is "
                                "needed)")
         self._torch, self._trt = torch, trt
-        self.device = torch.device(device)
-        if self.device.type != "cuda":
-            raise BackendError(f"the tensorrt backend runs on CUDA devices, not {device!r}")
+        self.device = cuda_device(device, torch.cuda.current_device)
         self.cuda_graphs = cuda_graphs
         self._dtypes = {"float32": torch.float32, "float16": torch.float16}
         with torch.cuda.device(self.device):
@@ -115,7 +190,7 @@ class TensorRTRunner(Runner):
                 except EngineBuildError as exc:
                     raise BackendError(str(exc)) from exc
             self._runtime = trt.Runtime(self._logger)
-            self.engines, self.contexts = {}, {}
+            self.engines = {}
             for name, entry in graphs.items():
                 engine = self._runtime.deserialize_cuda_engine(
                     (self.folder / entry["file"]).read_bytes())
@@ -124,7 +199,9 @@ class TensorRTRunner(Runner):
                                        "(see its log above); rebuild the engines")
                 self._check_io(name, engine, entry)
                 self.engines[name] = engine
-                self.contexts[name] = engine.create_execution_context()
+            self.contexts, self._activations = create_contexts(
+                trt, self.engines, lambda nbytes: empty_aligned(
+                    (nbytes,), torch.uint8, self.device, ACTIVATION_ALIGNMENT))
         self._captured: dict[str, _Captured] = {}
 
     def _check_io(self, graph: str, engine, entry: dict) -> None:
@@ -145,6 +222,9 @@ class TensorRTRunner(Runner):
     def from_config(cls, config: BackendConfig) -> TensorRTRunner:
         """``config.engines_dir`` on ``config.device`` ("cpu", the default, means the
         current CUDA device: TensorRT runs on GPUs only)."""
+        if config.compile_steps:
+            raise BackendError("--compile applies to the torch backend only (this run uses "
+                               "tensorrt): leave it out")
         if config.engines_dir is None:
             raise BackendError("the tensorrt backend needs --engines DIR (make one with: "
                                "hirn-export engine ONNX_DIR -o DIR --min HxW --opt HxW --max HxW)")
@@ -161,7 +241,7 @@ class TensorRTRunner(Runner):
                 if tensor.dtype != self._dtypes[spec["dtype"]] or tensor.device != self.device:
                     raise TypeError(f"{graph}.{spec['name']} must be {spec['dtype']} on "
                                     f"{self.device}, got {tensor.dtype} on {tensor.device}")
-                tensors.append(tensor.contiguous())
+                tensors.append(aligned(tensor))
             batch, _, height, width = tensors[0].shape
             check_shape(graph, entry, batch, height, width)
             if self.cuda_graphs and graph.startswith("step_"):
@@ -179,7 +259,7 @@ class TensorRTRunner(Runner):
             context.set_tensor_address(spec["name"], tensor.data_ptr())
         out_spec = entry["outputs"][0]
         shape = tuple(context.get_tensor_shape(out_spec["name"]))
-        out = self._torch.empty(shape, dtype=self._dtypes[out_spec["dtype"]], device=self.device)
+        out = empty_aligned(shape, self._dtypes[out_spec["dtype"]], self.device)
         context.set_tensor_address(out_spec["name"], out.data_ptr())
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise BackendError(f"TensorRT failed to run {graph} (see its log above)")
@@ -195,7 +275,7 @@ class TensorRTRunner(Runner):
             captured.graph.replay()
             return captured.output.clone()
         self._captured.pop(graph, None)
-        static_inputs = [t.clone() for t in tensors]
+        static_inputs = [aligned_copy(t) for t in tensors]
         output = self._execute(graph, static_inputs)  # the run TensorRT needs before capture
         result = output.clone()
         cuda_graph = torch.cuda.CUDAGraph()
@@ -241,5 +321,7 @@ class TensorRTRunner(Runner):
 
     def describe(self) -> str:
         m = self.manifest
+        shared = self._activations.numel() / 2**20
         return (f"tensorrt {self._trt.__version__} on {m['gpu']['name']} ({m['precision']}, "
-                f"dcn={m['dcn']}, CUDA graphs {'on' if self.cuda_graphs else 'off'})")
+                f"dcn={m['dcn']}, CUDA graphs {'on' if self.cuda_graphs else 'off'}, "
+                f"{shared:.0f} MiB of activations shared by {len(self.contexts)} engines)")

@@ -8,22 +8,28 @@ measurable (``benchmarks/torch_backend.py``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from hirn.core.constants import FP32_GRAPHS
 from hirn.core.errors import BackendError
 from hirn.core.graphs import graph_specs
 from hirn.train import HiRN, load_model
 
 from .base import BackendConfig, Runner
 
+UNTRAINED_SEED = 0  # the demo's weights: HiRN() right after torch.manual_seed(0)
+
+
+def untrained_model() -> HiRN:
+    """The published architecture with random weights (seeded: the same on every machine)."""
+    torch.manual_seed(UNTRAINED_SEED)
+    return HiRN().eval()
+
 
 class TorchRunner(Runner):
-    """Runs ``HiRN.steps`` modules directly; arrays are torch tensors on ``device``."""
+    """Runs the model's step modules directly; arrays are torch tensors on ``device``."""
 
     name = "torch"
 
@@ -40,20 +46,20 @@ class TorchRunner(Runner):
             raise BackendError("CUDA graphs need --device cuda; leave --cuda-graphs out on "
                                "the CPU")
         specs = graph_specs(model.mid_channels)
-        super().__init__({s.name: [t.name for t in s.inputs] for s in specs}, model.mid_channels)
-        self.device, self.precision = torch.device(device), precision
-        model = model.to(self.device).eval()
-        if self.device.type == "cuda":
+        super().__init__({s.name: [t.name for t in s.inputs] for s in specs}, model.mid_channels,
+                         batchable={s.name: s.batchable for s in specs})
+        self._device = torch.device(device)
+        if self._device.type == "cuda" and self._device.index is None:
+            self._device = torch.device("cuda", torch.cuda.current_device())
+        self.device, self.precision = str(self._device), precision
+        model = model.to(self._device).eval()
+        if self._device.type == "cuda":
             # A video keeps one frame size: let cuDNN time its convolutions once and keep
             # the fastest.
             torch.backends.cudnn.benchmark = True
-        self.modules = model.steps.named()
+        self.modules = model.step_modules(precision)
         self.feature_dtype = torch.float16 if precision == "fp16" else torch.float32
-        if precision == "fp16":
-            half = copy.deepcopy(model).half()
-            half.__dict__["_steps"] = None
-            self.modules.update({k: v for k, v in half.steps.named().items()
-                                 if k not in FP32_GRAPHS})
+        self.element_size = self.feature_dtype.itemsize
         self.compiled, self.cuda_graphs = compile_steps or cuda_graphs, cuda_graphs
         if self.compiled:
             _raise_recompile_limit(64)
@@ -63,13 +69,19 @@ class TorchRunner(Runner):
                             for name, module in self.modules.items()}
 
     @classmethod
-    def from_config(cls, config: BackendConfig, model: HiRN | None = None) -> TorchRunner:
-        """``model`` (already loaded) or else ``config.checkpoint``, run as ``config`` says."""
-        if model is None:
-            model = load_model(config.checkpoint) if config.checkpoint else HiRN().eval()
+    def from_config(cls, config: BackendConfig) -> TorchRunner:
+        """The model of ``config.checkpoint`` (any HiRN size), or the untrained one where
+        ``config.allow_untrained``, run as ``config`` says."""
+        if config.checkpoint is not None:
+            model = load_model(config.checkpoint)
+        elif config.allow_untrained:
+            model = untrained_model()
+        else:
+            raise BackendError("no weights given: pass --checkpoint FILE (a .pth of HiRN), "
+                               "--onnx DIR (from hirn-export onnx) or --engines DIR")
         if config.threads:
             torch.set_num_threads(config.threads)
-        return cls(model, config.device, config.precision, config.compile_steps,
+        return cls(model, config.device, config.precision or "fp32", config.compile_steps,
                    config.cuda_graphs)
 
     @torch.no_grad()
@@ -80,7 +92,7 @@ class TorchRunner(Runner):
         return output.clone() if self.cuda_graphs else output
 
     def from_numpy(self, frames: np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self._device)
 
     def to_numpy(self, array) -> np.ndarray:
         return array.detach().float().cpu().numpy()
@@ -88,7 +100,7 @@ class TorchRunner(Runner):
     def zeros(self, kind: str, batch: int, height: int, width: int):
         channels, dtype = ((2, torch.float32) if kind == "flow"
                            else (self.mid_channels, self.feature_dtype))
-        return torch.zeros(batch, channels, height, width, dtype=dtype, device=self.device)
+        return torch.zeros(batch, channels, height, width, dtype=dtype, device=self._device)
 
     def concat(self, arrays: Sequence):
         return torch.cat(list(arrays), dim=0)

@@ -26,6 +26,7 @@ from hirn.export.engine import (
     fp32_flow_math,
     graph_profile,
     input_shapes,
+    network_flags,
     parse_size,
     plan_graphs,
     prepare_folder,
@@ -427,6 +428,15 @@ def _stand_in_tensorrt(calls: list) -> types.ModuleType:
 
     trt.Builder, trt.OnnxParser = Builder, Parser
     return trt
+
+
+def test_strongly_typed_flag_only_where_it_is_not_deprecated():
+    """TensorRT 11 deprecates NetworkDefinitionCreationFlag.STRONGLY_TYPED (every network is
+    strongly typed) and ignores it; 10.x needs it to keep the graphs' FP32 flow math."""
+    flag = types.SimpleNamespace(STRONGLY_TYPED=0)
+    for version, flags in [("10.13.0.35", 1), ("10.16.0", 1), ("11.1.0.106", 0), ("12.0", 0)]:
+        trt = types.SimpleNamespace(__version__=version, NetworkDefinitionCreationFlag=flag)
+        assert network_flags(trt) == flags, version
 
 
 def test_build_engines_wiring_with_a_stand_in_for_tensorrt(small_folders, tmp_path,

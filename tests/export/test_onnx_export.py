@@ -169,8 +169,12 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, mon
 
 
 def test_export_of_a_mismatched_checkpoint_is_a_clear_error(tmp_path):
-    torch.save({"params": HiRN(num_blocks=2).state_dict()}, tmp_path / "other.pth")
+    """Any model size exports (the checkpoint says which); weights that fit no HiRN do not."""
+    state = HiRN(mid_channels=16, num_blocks=2).state_dict()
+    del state["conv_last.weight"]
+    torch.save({"params": state}, tmp_path / "other.pth")
     result = run_cli("hirn-export", "onnx", str(tmp_path / "other.pth"), "-o",
                      str(tmp_path / "out"))
-    assert result.returncode == 1 and "missing keys" in result.stderr
+    assert result.returncode == 1 and "1 missing keys" in result.stderr
+    assert "mid_channels=16, num_blocks=2" in result.stderr
     assert not (tmp_path / "out").exists()

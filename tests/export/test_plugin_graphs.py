@@ -146,12 +146,17 @@ def test_whole_clip_plugin_folder_equals_deformconv_folder(folders):
 
 def test_fp16_plugin_graph_matches_fp16_deformconv_graph(tmp_path):
     """FP16 plugin nodes run in FP32 between Casts on the CPU (the plugin accumulates in FP32;
-    its offsets arrive in FP16, so the tolerance is relative)."""
+    its features are FP16, so the tolerance is relative); the offsets reach it in FP32."""
     model = _model()
     for dcn in ("plugin", "onnx"):
         export_onnx(None, tmp_path / dcn, ExportOptions(dcn=dcn, precision="fp16"), model=model,
                     graphs=["step_backward"])
     graph = onnx.load(str(tmp_path / "plugin" / "step_backward.onnx"))
+    (node,) = _plugin_nodes(graph)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in onnx.shape_inference.infer_shapes(graph).graph.value_info}
+    assert types[node.input[0]] == onnx.TensorProto.FLOAT16
+    assert types[node.input[1]] == onnx.TensorProto.FLOAT  # positions stay exact
     rewritten = plugin_ops.cpu_graph(graph)
     casts = [n for n in rewritten.graph.node if n.name.startswith(_plugin_nodes(graph)[0].name)]
     assert [n.op_type for n in casts] == ["Cast"] * 5 + [PLUGIN_OP, "Cast"]

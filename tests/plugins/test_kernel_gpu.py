@@ -151,3 +151,25 @@ def test_unsupported_kernel_size_is_refused(kernel):
     case = random_case(kernel=(5, 5), padding=2, device="cuda")
     with pytest.raises(KernelInputError, match="more than 9 taps"):
         loader.deform_conv_cuda(*case.args())
+
+
+def test_bound_call_on_another_stream(kernel):
+    """Bound on one stream, run on another: ordered after the allocations' stream."""
+    case = hirn_case(36, 64, seed=6, device="cuda").to(torch.float16)
+    run = loader.bind_cuda(*case.args())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = run().clone()
+    side.synchronize()
+    assert torch.equal(out, loader.deform_conv_cuda(*case.args()))
+
+
+def test_fp16_features_with_fp32_offsets_equal_the_emulation(kernel):
+    case = hirn_case(24, 40, seed=7)
+    args = list(case.to(torch.float16).args())
+    args[1] = case.offset * 8  # FP32 offsets, many samples far from the output pixel
+    host = loader.deform_conv_emulated(*args)
+    gpu = loader.deform_conv_cuda(*[a.cuda() if torch.is_tensor(a) else a for a in args]).cpu()
+    span = float(host.float().max() - host.float().min())
+    assert float((gpu.double() - host.double()).abs().max()) <= EMULATED_FP16_REL * span

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hirn.core.errors import LaunchError
 from hirn.runtime.batch import (
     BatchError,
     Shard,
@@ -74,7 +75,7 @@ def test_shards_split_the_files_without_overlap(monkeypatch):
         taken += [i for i in range(10) if shard.takes(i)]
     assert sorted(taken) == list(range(10))
     monkeypatch.setenv("RANK", "3")
-    with pytest.raises(BatchError, match="does not fit WORLD_SIZE=3"):
+    with pytest.raises(LaunchError, match="does not fit WORLD_SIZE=3"):
         Shard.from_env()
 
 
@@ -93,14 +94,14 @@ def test_a_batch_skips_finished_outputs_and_goes_on_after_a_failure(tmp_path):
             raise BatchError("c.mp4 is damaged")
         output.write_bytes(b"new")
 
-    report = run_batch(folder, out, None, False, Shard(), upscale_one, say=lambda text: None)
+    report = run_batch(folder, out, None, False, Shard(), upscale_one)
     assert calls == ["a.mp4", "c.mp4", "d.mp4"]
     assert [p.name for p in report.done] == ["a.mp4", "d.mp4"]
     assert [p.name for p in report.skipped] == ["b.mp4"]
     assert report.failed == [(folder / "c.mp4", "c.mp4 is damaged")]
     assert (out / "b.mp4").read_bytes() == b"done before"
     calls.clear()  # run again: only the failed one is left to do
-    run_batch(folder, out, None, False, Shard(), upscale_one, say=lambda text: None)
+    run_batch(folder, out, None, False, Shard(), upscale_one)
     assert calls == ["c.mp4"]
 
 

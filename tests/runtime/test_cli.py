@@ -24,18 +24,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from support import default_sigint, run_cli
+from support import RUN_MAX_LEVELS, RUN_MIN_SHARE_WITHIN, default_sigint, run_cli
 
 from hirn.export.onnx_export import export_onnx
 from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, main
 from hirn.runtime.progress import progress_bar
 from hirn.runtime.video import open_source, read_frames
-from hirn.runtime.weights import checkpoint_config
 from hirn.train import load_model
 
-# Tolerances, all in one place.
-MAX_LEVELS = 1  # 8-bit levels between hirn-run's output and the model's
-MIN_SHARE_WITHIN = 0.999  # share of pixels that must be within MAX_LEVELS
+# Tolerances of this file (the output's parity bar, RUN_*, is in support.py).
 AUDIO_SECONDS_ATOL = 0.03  # about one AAC packet (1024 samples at 44.1 kHz)
 SIGNAL_TIMEOUT_S = 120  # for the subprocesses stopped by a signal or a full disk
 
@@ -83,7 +80,7 @@ def expected(calendar_small_mp4, tiny_checkpoint) -> np.ndarray:
     """The PyTorch model's output on the decoded MP4 frames, clamped and rounded:
     ``[T, 4H, 4W, 3]`` uint8."""
     frames = read_frames(calendar_small_mp4)
-    model = load_model(tiny_checkpoint, mid_channels=16, num_blocks=1)
+    model = load_model(tiny_checkpoint)
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -111,8 +108,8 @@ def test_output_equals_the_model_with_size_frames_timestamps_and_audio(
     assert "Traceback" not in result.stderr
     frames = read_frames(out)
     assert frames.shape == (4, 256, 320, 3)  # 4 frames of 80x64, x4
-    within = np.abs(frames.astype(int) - expected) <= MAX_LEVELS
-    assert within.mean() >= MIN_SHARE_WITHIN
+    within = np.abs(frames.astype(int) - expected) <= RUN_MAX_LEVELS
+    assert within.mean() >= RUN_MIN_SHARE_WITHIN
     source, output = open_source(calendar_small_mp4), open_source(out)
     assert output.fps == source.fps and output.has_audio
     # frame times carried over (matroska moves the whole timeline by the AAC priming delay,
@@ -131,7 +128,7 @@ def test_output_equals_the_model_with_size_frames_timestamps_and_audio(
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     folder = tmp_path_factory.mktemp("onnx") / "graphs"
-    model = load_model(tiny_checkpoint, **checkpoint_config(tiny_checkpoint))
+    model = load_model(tiny_checkpoint)  # its size read from its weights
     export_onnx(tiny_checkpoint, folder, model=model)
     return folder
 
@@ -144,15 +141,9 @@ def test_onnx_backend_writes_what_the_torch_backend_writes(onnx_dir, torch_run,
     assert "onnxruntime" in result.output  # the backend is named on start
     frames, reference = read_frames(out), read_frames(torch_run[1])
     assert frames.shape == reference.shape == (4, 256, 320, 3)
-    within = np.abs(frames.astype(int) - reference) <= MAX_LEVELS
-    assert within.mean() >= MIN_SHARE_WITHIN
+    within = np.abs(frames.astype(int) - reference) <= RUN_MAX_LEVELS
+    assert within.mean() >= RUN_MIN_SHARE_WITHIN
     assert "audio not written" in result.output  # a PNG folder holds none: said
-
-
-def test_checkpoint_configuration_is_read_from_its_shapes(tiny_checkpoint, tmp_path):
-    assert checkpoint_config(tiny_checkpoint) == {"mid_channels": 16, "num_blocks": 1}
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    assert checkpoint_config(tmp_path / "junk.pth") == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +195,7 @@ def small_input(tmp_path, media) -> Path:
     ("two weights", "--checkpoint and --onnx were both given"),
     ("fp16 on cpu", "FP16 needs a CUDA device"),
     ("compile with onnx", "--compile applies to the torch backend only"),
+    ("compile with engines", "--compile applies to the torch backend only"),
     ("cuda graphs with onnx", "--cuda-graphs applies to the torch and tensorrt backends"),
     ("cuda graphs on cpu", "CUDA graphs need --device cuda"),
     ("cuda without gpu", "PyTorch sees no CUDA GPU")])
@@ -220,6 +212,7 @@ def test_missing_or_mismatched_weights(case, message, small_input, tmp_path, tin
                "two weights": ["--checkpoint", tiny_checkpoint, "--onnx", tmp_path / "empty"],
                "fp16 on cpu": ["--checkpoint", tiny_checkpoint, "--precision", "fp16"],
                "compile with onnx": ["--onnx", tmp_path / "empty", "--compile"],
+               "compile with engines": ["--engines", tmp_path / "empty", "--compile"],
                "cuda graphs with onnx": ["--onnx", tmp_path / "empty", "--cuda-graphs"],
                "cuda graphs on cpu": ["--checkpoint", tiny_checkpoint, "--cuda-graphs"],
                "cuda without gpu": ["--checkpoint", tiny_checkpoint, "--device", "cuda"]}[case]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from support import run_cli
 
+from hirn.core.logs import setup_logging
 from hirn.runtime.backends import BackendConfig
+from hirn.runtime.backends.torch_backend import untrained_model
 from hirn.runtime.demo import (
     HR_SIZE,
     INPUT_NAME,
@@ -21,7 +24,6 @@ from hirn.runtime.demo import (
     synthetic_clip,
 )
 from hirn.runtime.video import open_source, read_frames
-from hirn.runtime.weights import untrained_model
 from hirn.train.metrics import psnr
 
 # Tolerances, all in one place.
@@ -39,6 +41,13 @@ def test_the_synthetic_clip_moves_has_detail_and_is_always_the_same():
         > MIN_TEXTURE
     assert np.abs(clip[1].astype(int) - clip[0]).mean() > MIN_MOTION
     assert shrink(clip).shape == (3, HR_SIZE[0] // 4, HR_SIZE[1] // 4, 3)
+
+
+def test_every_source_of_weights_counts_as_trained():
+    """The demo calls its weights untrained only when none were given (engines included)."""
+    assert BackendConfig().weights is None
+    for field in ("checkpoint", "onnx_dir", "engines_dir"):
+        assert BackendConfig(**{field: Path("w")}).weights == Path("w")
 
 
 def test_untrained_weights_are_seeded():
@@ -74,6 +83,7 @@ def test_demo_command_writes_the_video_picture_and_psnr(tmp_path):
 def test_demo_with_a_checkpoint_does_not_call_its_weights_untrained(tmp_path, capsys,
                                                                    tiny_checkpoint,
                                                                    one_thread):
+    setup_logging()  # as hirn-run does: information lines on stderr
     scores = run_demo(tmp_path, BackendConfig(checkpoint=tiny_checkpoint), frames=2)
     out = capsys.readouterr()
     assert "UNTRAINED" not in out.out and str(tiny_checkpoint) in out.err

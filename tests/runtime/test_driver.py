@@ -16,7 +16,7 @@ from support import (
 
 from hirn.core.errors import BackendError, ModelFolderError
 from hirn.runtime.backends import BackendConfig, create_runner
-from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
+from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeCudaRunner, OnnxRuntimeRunner
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.driver import is_mirror_extended, upscale_clip
 from hirn.train import HiRN, load_model
@@ -90,7 +90,7 @@ def test_backend_factory_and_clear_errors(onnx_dir, tmp_path):
     with pytest.raises(BackendError, match="unknown backend"):
         create_runner(BackendConfig(backend="tflite"))
     with pytest.raises(BackendError, match=r"requested provider CUDAExecutionProvider"):
-        OnnxRuntimeRunner(onnx_dir, provider="cuda")
+        OnnxRuntimeCudaRunner(onnx_dir)
     with pytest.raises(ModelFolderError, match="no manifest.json"):
         OnnxRuntimeRunner(tmp_path)
     if not torch.cuda.is_available():

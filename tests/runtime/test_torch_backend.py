@@ -15,10 +15,10 @@ from support import (
 )
 
 from hirn.core.errors import BackendError
-from hirn.runtime.backends import BackendConfig
+from hirn.runtime.backends import BackendConfig, create_runner
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.driver import upscale_clip
-from hirn.train import HiRN, load_model
+from hirn.train import HiRN, load_model, save_checkpoint
 
 
 def _tiny_model(seed: int = 5) -> HiRN:
@@ -51,9 +51,29 @@ def test_cuda_graphs_on_the_cpu_is_a_clear_error():
         TorchRunner(_tiny_model(), cuda_graphs=True)
 
 
+def test_no_weights_is_refused_unless_untrained_weights_are_allowed():
+    with pytest.raises(BackendError, match="no weights given: pass --checkpoint"):
+        create_runner(BackendConfig(backend="torch"))
+
+
+def test_checkpoint_of_any_size_runs_through_the_factory(tmp_path):
+    model = _tiny_model()
+    save_checkpoint(tmp_path / "tiny.pth", model)
+    runner = create_runner(BackendConfig(backend="torch", checkpoint=tmp_path / "tiny.pth"))
+    assert runner.mid_channels == 16
+    frames = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.steps.encode(frames)
+    assert torch.equal(runner.run("encode", frames), expected)
+    with pytest.raises(ValueError, match="takes one frame at a time"):
+        runner.run("step_backward_first", torch.zeros(2, 16, 64, 64))
+
+
 def test_config_carries_the_options_to_the_runner():
-    runner = TorchRunner.from_config(BackendConfig(backend="torch", compile_steps=True))
-    assert runner.compiled and not runner.cuda_graphs
+    runner = create_runner(BackendConfig(backend="torch", compile_steps=True,
+                                         allow_untrained=True))
+    assert isinstance(runner, TorchRunner) and runner.compiled and not runner.cuda_graphs
+    assert (runner.device, runner.element_size, runner.mid_channels) == ("cpu", 4, 64)
     # six propagation steps share one forward: the per-function limit must leave room
     config = torch._dynamo.config
     assert getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 0)) >= 64

@@ -70,13 +70,41 @@ def test_reshaped_key_names_both_shapes(tmp_path, state):
         load_model(tmp_path / "reshaped.pth")
 
 
-def test_other_configuration_reports_counts_and_config(tmp_path):
+@pytest.mark.parametrize("size", [{"mid_channels": 16, "num_blocks": 2},
+                                  {"mid_channels": 8, "num_blocks": 0}])
+def test_the_model_size_is_read_from_the_weights(tmp_path, size):
+    torch.manual_seed(2)
+    state = HiRN(**size).state_dict()
+    torch.save({"params": state}, tmp_path / "small.pth")
+    model = load_model(tmp_path / "small.pth")
+    assert (model.mid_channels, model.num_blocks) == (size["mid_channels"], size["num_blocks"])
+    assert _same(model, state)
+
+
+def test_explicit_size_wins_and_a_mismatch_reports_counts_and_config(tmp_path):
     torch.save({"params": HiRN(num_blocks=2).state_dict()}, tmp_path / "small.pth")
     with pytest.raises(CheckpointError) as info:
-        load_model(tmp_path / "small.pth")
+        load_model(tmp_path / "small.pth", num_blocks=7)
     assert "missing keys" in str(info.value) and "and " in str(info.value)
     assert "num_blocks=7" in str(info.value)
-    assert load_model(tmp_path / "small.pth", num_blocks=2).num_blocks == 2
+    assert load_model(tmp_path / "small.pth").num_blocks == 2
+
+
+def test_model_entry_is_checked_against_the_weights_and_other_entries_ignored(tmp_path):
+    torch.manual_seed(2)
+    state = HiRN(mid_channels=16, num_blocks=1).state_dict()
+    provenance = {"config": "tiny.yml", "iteration": 3}
+    torch.save({"params": state, "params_ema": state, "provenance": provenance,
+                "model": {"mid_channels": 16, "num_blocks": 1}}, tmp_path / "trained.pth")
+    model = load_model(tmp_path / "trained.pth", param_key="params_ema")
+    assert (model.mid_channels, model.num_blocks) == (16, 1) and _same(model, state)
+    torch.save({"params": state, "model": {"mid_channels": 32, "num_blocks": 1}},
+               tmp_path / "edited.pth")
+    with pytest.raises(CheckpointError, match=r"mid_channels=32 \(weights: 16\).*disagree"):
+        load_model(tmp_path / "edited.pth")
+    torch.save({"params": state, "model": [16, 1]}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="'model'.* is a list, not a dict"):
+        load_model(tmp_path / "odd.pth")
 
 
 def test_non_strict_load_accepts_missing_keys(tmp_path, state):
@@ -109,6 +137,22 @@ def test_save_writes_published_format_and_round_trips(tmp_path, state):
     assert list(raw["params"]) == list(state)
     assert _same(load_model(path), state)
     assert [p.name for p in path.parent.iterdir()] == ["out.pth"]  # no temporary left
+
+
+def test_save_records_model_and_provenance_as_plain_values(tmp_path, state):
+    provenance = {"config": "tiny", "iteration": 7, "data_roots": {"train_gt": "/data/gt",
+                                                                   "train_lq": None},
+                  "hirn_version": "0.1.0", "date": "2026-01-01T00:00:00+00:00"}
+    path = save_checkpoint(tmp_path / "out.pth", state, state,
+                           model={"mid_channels": 64, "num_blocks": 7}, provenance=provenance)
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # plain values only
+    assert raw["model"] == {"mid_channels": 64, "num_blocks": 7}  # the published size
+    assert raw["provenance"] == provenance
+    assert list(raw["params"]) == list(state) and _same(load_model(path), state)
+    with pytest.raises(TypeError, match=r"provenance.data_roots.train_gt is a PosixPath"):
+        save_checkpoint(tmp_path / "bad.pth", state,
+                        provenance={"data_roots": {"train_gt": tmp_path}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pth"]  # nothing half-written
 
 
 @needs_shared(SPYNET)

@@ -15,8 +15,8 @@ from hirn.train.data import (
     find_clips,
     load_val_clips,
     lr_window,
-    read_frame,
 )
+from hirn.train.frames import read_rgb
 from hirn.train.imresize import imresize
 
 VID4 = DATA / "vid4"
@@ -56,7 +56,7 @@ def _uint8(frames: torch.Tensor) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("top, left", [(0, 0), (40, 58), (80, 116), (7, 101)])
 def test_lr_window_equals_cropping_the_full_frame_imresize(top, left):
-    gt = read_frame(CALENDAR_GT / "000.png")  # 576x720 -> 144x180 (80, 116) is the corner
+    gt = read_rgb(CALENDAR_GT / "000.png")  # 576x720 -> 144x180 (80, 116) is the corner
     full = imresize(gt, 0.25)
     assert np.array_equal(lr_window(gt, top, left, (64, 64)), full[top:top + 64, left:left + 64])
 
@@ -79,8 +79,8 @@ def test_sample_is_the_planned_crop_with_the_same_flips_on_every_frame(reds):
         flips = (plan.hflip, plan.vflip, plan.transpose)
         seen.add(flips)
         t, le = plan.top, plan.left
-        lq = [read_frame(clip.lq_dir / n)[t:t + 64, le:le + 64] for n in names]
-        gt = [read_frame(clip.gt_dir / n)[4 * t:4 * t + 256, 4 * le:4 * le + 256] for n in names]
+        lq = [read_rgb(clip.lq_dir / n)[t:t + 64, le:le + 64] for n in names]
+        gt = [read_rgb(clip.gt_dir / n)[4 * t:4 * t + 256, 4 * le:4 * le + 256] for n in names]
         assert sample["lq"].shape == (3, 3, 64, 64) and sample["gt"].shape == (3, 3, 256, 256)
         assert sample["lq"].dtype == torch.float32 and 0 <= sample["lq"].min() <= 1
         for got, want in zip(_uint8(sample["lq"]), augment(lq, *flips)):
@@ -150,7 +150,7 @@ def test_validation_clip_crop(reds):
                   num_frame=2, lq_crop=(4, 8, 64, 64))
     (clip,) = load_val_clips(cfg)
     assert clip.lq.shape == (1, 2, 3, 64, 64) and clip.gt.shape == (2, 256, 256, 3)
-    full = read_frame(reds / "GT" / "001" / "00000001.png")
+    full = read_rgb(reds / "GT" / "001" / "00000001.png")
     assert np.array_equal(clip.gt[1], full[16:272, 32:288])
     on_the_fly = load_val_clips(ValData(**{**cfg.__dict__, "dataroot_lq": None}))[0]
     assert torch.equal(on_the_fly.lq, clip.lq)
@@ -163,7 +163,7 @@ def test_data_errors(reds, tmp_path):
         find_clips(reds / "GT", clips=("999",))
     (tmp_path / "GT" / "a").mkdir(parents=True)
     (tmp_path / "LR" / "a").mkdir(parents=True)
-    gt = read_frame(CALENDAR_GT / "000.png")
+    gt = read_rgb(CALENDAR_GT / "000.png")
     cv2.imwrite(str(tmp_path / "GT" / "a" / "0.png"), gt)
     with pytest.raises(DataError, match="1 GT frames of clip a have no LR frame"):
         find_clips(tmp_path / "GT", tmp_path / "LR")

@@ -167,7 +167,10 @@ def _cli(*args):
 def test_user_errors_are_one_line_messages(tmp_path, args, message):
     _write_clip(tmp_path / "vid4" / "walk", np.zeros((1, 64, 64, 3), np.uint8))
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    save_checkpoint(tmp_path / "small.pth", HiRN(mid_channels=8, num_blocks=1))
+    # any HiRN size loads (its weights say which); one that lacks a weight does not
+    state = HiRN(mid_channels=8, num_blocks=1).state_dict()
+    del state["conv_last.weight"]
+    save_checkpoint(tmp_path / "small.pth", state)
     result = _cli(*[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()

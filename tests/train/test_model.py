@@ -37,6 +37,26 @@ def test_step_modules_add_no_parameters(model):
     assert not any(k.startswith("steps") or "_steps" in k for k in model.state_dict())
 
 
+def test_fp16_step_modules_keep_the_flow_graphs_in_fp32():
+    torch.manual_seed(0)
+    tiny = HiRN(mid_channels=16, num_blocks=1).eval()
+    fp32, fp16 = tiny.step_modules("fp32"), tiny.step_modules("fp16")
+    assert fp32.keys() == fp16.keys() and fp32["encode"] is tiny.steps.encode
+
+    def dtype(module):
+        return next(module.parameters()).dtype
+
+    assert {name for name, m in fp16.items() if any(True for _ in m.parameters())
+            and dtype(m) == torch.float32} == {"flow"}  # compose has no parameters
+    assert fp16["compose"] is fp32["compose"] and fp16["flow"] is fp32["flow"]
+    assert dtype(fp16["decode"]) == torch.float16 and dtype(fp16["step_group"]) == torch.float16
+    assert all(p.dtype == torch.float32 for p in tiny.parameters())  # the model is untouched
+    # the half copy's wrappers hold its own (half) submodules, not the model's
+    assert fp16["encode"].feat_extract is not tiny.feat_extract
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        tiny.step_modules("bf16")
+
+
 @pytest.mark.parametrize("bad, message", [
     (torch.rand(1, 3, 64, 64), "5 dims"),
     (torch.rand(1, 2, 4, 64, 64), "3 RGB channels"),

@@ -5,6 +5,8 @@ import math
 import os
 import subprocess
 import sys
+from datetime import datetime
+from importlib import metadata
 
 import cv2
 import pytest
@@ -168,8 +170,18 @@ def test_resumed_run_reaches_the_same_weights_bit_for_bit(tmp_path):
     assert [r["flow_frozen"] for r in logs[0]] == [True, False, False]
     # Published-format checkpoints next to the states; validation logged with bicubic.
     ckpt = torch.load(tmp_path / "split" / "models" / "net_g_latest.pth", weights_only=True)
-    assert set(ckpt) == {"params", "params_ema"}
+    assert set(ckpt) == {"params", "params_ema", "model", "provenance"}
     assert all(torch.equal(ckpt["params"][k], a["params"][k]) for k in a["params"])
+    # The checkpoint says which model it holds and where it comes from.
+    assert ckpt["model"] == {"mid_channels": 16, "num_blocks": 1}
+    provenance = ckpt["provenance"]
+    assert provenance["config"] == cfg.name and provenance["iteration"] == 3
+    assert provenance["data_roots"] == {"train_gt": str(CALENDAR_GT), "train_lq": None,
+                                        "val_gt": str(CALENDAR_GT), "val_lq": str(CALENDAR_LR)}
+    assert provenance["hirn_version"] == metadata.version("hirn")
+    assert datetime.fromisoformat(provenance["date"]).tzinfo is not None
+    first_ckpt = torch.load(tmp_path / "split" / "models" / "net_g_2.pth", weights_only=True)
+    assert first_ckpt["provenance"]["iteration"] == 2
     val = [r for r in _logs(tmp_path / "straight") if "val_psnr" in r]
     assert [r["iter"] for r in val] == [3] and math.isfinite(val[0]["val_psnr"])
     assert val[0]["val_psnr_ema"] != val[0]["val_psnr"]
