@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hirn.core.errors import BackendError
+
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
@@ -39,6 +41,13 @@ class BackendConfig:
     def weights(self) -> Path | None:
         """The checkpoint or folder given, whichever it is; None when none was."""
         return self.checkpoint or self.onnx_dir or self.engines_dir
+
+
+def refuse_compile(config: BackendConfig, backend: str) -> None:
+    """``--compile`` is the torch backend's alone; ``backend`` is the one refusing it."""
+    if config.compile_steps:
+        raise BackendError(f"--compile applies to the torch backend only (this run uses "
+                           f"{backend}): leave it out")
 
 
 class Runner(ABC):

@@ -21,7 +21,7 @@ from hirn.core.errors import BackendError, ModelFolderError
 from hirn.core.graphs import FEATURE, FLOW, graph_specs
 from hirn.export.manifest import verify_folder
 
-from .base import BackendConfig, Runner
+from .base import BackendConfig, Runner, refuse_compile
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 # Nodes the CUDA provider lacks fall back to the CPU (ONNX Runtime copies for them).
@@ -63,9 +63,7 @@ def bound_sizes(specs: Sequence[Mapping], arrays: Sequence) -> dict[str, int]:
 
 def check_config(config: BackendConfig) -> None:
     """Refuse the options this backend does not have, before any folder is read."""
-    if config.compile_steps:
-        raise BackendError("--compile applies to the torch backend only (this run uses "
-                           "onnxruntime): leave it out")
+    refuse_compile(config, "onnxruntime")
     if config.cuda_graphs:
         raise BackendError("--cuda-graphs applies to the torch and tensorrt backends only: "
                            "leave it out with --onnx")

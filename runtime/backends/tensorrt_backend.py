@@ -45,7 +45,7 @@ from hirn.export.engine_cache import (
     verify_engine_folder,
 )
 
-from .base import BackendConfig, Runner
+from .base import BackendConfig, Runner, refuse_compile
 
 if TYPE_CHECKING:
     from torch import device as torch_device
@@ -222,9 +222,7 @@ class TensorRTRunner(Runner):
     def from_config(cls, config: BackendConfig) -> TensorRTRunner:
         """``config.engines_dir`` on ``config.device`` ("cpu", the default, means the
         current CUDA device: TensorRT runs on GPUs only)."""
-        if config.compile_steps:
-            raise BackendError("--compile applies to the torch backend only (this run uses "
-                               "tensorrt): leave it out")
+        refuse_compile(config, "tensorrt")
         if config.engines_dir is None:
             raise BackendError("the tensorrt backend needs --engines DIR (make one with: "
                                "hirn-export engine ONNX_DIR -o DIR --min HxW --opt HxW --max HxW)")

@@ -5,10 +5,10 @@ import ctypes
 import math
 import re
 import subprocess
-import warnings
 
 import pytest
 import torch
+from support import export_plugin_node
 
 from hirn.core.errors import KernelInputError
 from hirn.plugins import loader
@@ -219,25 +219,15 @@ def test_plugin_matches_the_onnx_node_the_exporter_writes(tmp_path):
     """Op name, domain/namespace, version, attribute names and lengths: the ONNX parser's keys."""
     import onnx
 
-    from hirn.train.deform_conv import export_form
 
     header = (PLUGIN_DIR / "deform_conv_plugin.h").read_text()
     constants = dict(re.findall(r'constexpr char const\* (k\w+) = "(\w*)";', header))
     fields = re.findall(r'mFields\.emplace_back\("(\w+)", nullptr, PluginFieldType::kINT32, (\d)\)',
                         (PLUGIN_DIR / "deform_conv_plugin.cpp").read_text())
 
-    class Align(torch.nn.Module):
-        def forward(self, x, offset, mask, weight, bias):
-            return deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask)
-
-    case = random_case(c_in=32, groups=4, c_out=8, size=(6, 7))
-    path = tmp_path / "dcn.onnx"
-    with export_form("plugin"), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's TorchScript path
-        torch.onnx.export(Align(), case.args()[:5], str(path), dynamo=False, opset_version=19,
-                          input_names=["input", "offset", "mask", "weight", "bias"])
-    model = onnx.load(str(path))
-    (node,) = [n for n in model.graph.node if n.op_type == constants["kPluginName"]]
+    model, node = export_plugin_node(tmp_path / "dcn.onnx", c_in=32, groups=4, c_out=8,
+                                     size=(6, 7))
+    assert node.op_type == constants["kPluginName"]
     assert node.domain == constants["kPluginNamespace"]
     assert {o.domain: o.version for o in model.opset_import}[node.domain] == \
         int(constants["kPluginVersion"])

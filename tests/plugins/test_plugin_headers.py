@@ -14,12 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from support import export_plugin_node
 
 from hirn.plugins import loader
 
@@ -65,21 +65,8 @@ def exported_node(tmp_path_factory):
     """
     import onnx
 
-    from hirn.plugins.cases import random_case
-    from hirn.train.deform_conv import deform_conv2d, export_form
-
-    class Align(torch.nn.Module):
-        def forward(self, x, offset, mask, weight, bias):
-            return deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask)
-
     folder = tmp_path_factory.mktemp("plugin_node")
-    case = random_case(c_in=128, groups=16, c_out=64, size=(5, 6))
-    path = folder / "dcn.onnx"
-    with export_form("plugin"), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's TorchScript path
-        torch.onnx.export(Align(), case.args()[:5], str(path), dynamo=False, opset_version=19,
-                          input_names=["input", "offset", "mask", "weight", "bias"])
-    (node,) = [n for n in onnx.load(str(path)).graph.node if n.op_type == "HirnDeformConv"]
+    _, node = export_plugin_node(folder / "dcn.onnx", c_in=128, groups=16, c_out=64, size=(5, 6))
     lines, namespace = [], node.domain
     for attr in node.attribute:
         value = onnx.helper.get_attribute_value(attr)
