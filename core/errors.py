@@ -85,8 +85,27 @@ class SinkError(MediaError):
     writable or is full, or the codec does not fit the container."""
 
 
+class OutputExistsError(SinkError):
+    """An output that exists already, where replacing it was not asked for.
+
+    Args:
+        path: the output.
+        why: what was found, e.g. "already exists".
+    """
+
+    def __init__(self, path, why: str = "already exists"):
+        super().__init__(f"{path} {why}: pass overwrite=True to replace it, or choose "
+                         f"another output")
+        self.path, self.why = path, why
+
+
 class WindowMemoryError(MediaError):
     """A window of the requested size cannot fit in the memory this run has."""
+
+
+class NonFiniteOutputError(HirnError):
+    """The model's output holds NaN or Inf: weights that are not finite (or overflow), or
+    FP16 overflow."""
 
 
 class BatchError(HirnError):

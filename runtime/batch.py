@@ -2,8 +2,11 @@
 
 A folder that holds images is one input, a frame sequence; a folder that holds video files
 (by their extension) is a batch: every video is upscaled into OUTDIR under the same name, in
-the chosen codec's container. An existing output is complete (sinks write to a temporary and
-rename it at the end), so it is skipped: an interrupted batch resumes where it stopped.
+the chosen codec's container. Each finished output gets a completion record beside it
+(``.NAME.complete.json``: the input's size and the output's, written after the output was
+synced and renamed into place); an output whose record matches is skipped, so an interrupted
+batch resumes where it stopped. Any other file at an output's name (empty, truncated, from
+elsewhere, or changed since) is upscaled again and replaced.
 
 Under ``torchrun --nproc-per-node N`` (environment ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)
 each process takes the files ``i % WORLD_SIZE == RANK`` of the sorted list, and GPU
@@ -12,6 +15,7 @@ each process takes the files ``i % WORLD_SIZE == RANK`` of the sorted list, and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -19,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hirn.core.errors import BatchError, HirnError
-from hirn.core.files import natural_key
+from hirn.core.files import atomic_write_text, natural_key
 from hirn.core.launch import ProcessLayout
+from hirn.runtime.progress import note
 from hirn.runtime.video_reader import IMAGE_SUFFIXES
 from hirn.runtime.video_writer import VIDEO_FORMATS
 
@@ -89,9 +94,39 @@ def plan_batch(folder: Path, outdir: Path, codec: str | None) -> list[tuple[Path
     return pairs
 
 
-def is_complete(output: Path) -> bool:
-    """An output that exists is complete (written to a temporary, then renamed)."""
-    return output.is_file() or (output.is_dir() and any(output.iterdir()))
+def record_path(output: Path) -> Path:
+    """Where the completion record of ``output`` is kept: a hidden file beside it."""
+    return output.with_name(f".{output.name}.complete.json")
+
+
+def _sizes(path: Path) -> dict[str, int]:
+    """Bytes (and files, for a folder of PNGs) of a file or folder: what a truncated,
+    emptied or replaced output would change."""
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    return {"bytes": path.stat().st_size}
+
+
+def _record(video: Path, output: Path) -> dict:
+    return {"input": video.name, "input_bytes": video.stat().st_size,
+            "output": _sizes(output)}
+
+
+def mark_complete(video: Path, output: Path) -> None:
+    """Record that ``output`` was upscaled completely from ``video`` (call once the output
+    is in place: sinks sync it before the rename)."""
+    atomic_write_text(record_path(output), json.dumps(_record(video, output)) + "\n")
+
+
+def is_complete(video: Path, output: Path) -> bool:
+    """Whether ``output`` is this batch's complete output of ``video``: its record is there
+    and still matches the input and the output (a 0-byte or truncated file does not)."""
+    try:
+        record = json.loads(record_path(output).read_text())
+        return output.exists() and record == _record(video, output)
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -106,8 +141,9 @@ class BatchReport:
 
 
 def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, shard: Shard,
-              upscale_one: Callable[[Path, Path], None]) -> BatchReport:
-    """Upscale this process's share of ``folder`` with ``upscale_one(input, output)``.
+              upscale_one: Callable[[Path, Path, bool], None]) -> BatchReport:
+    """Upscale this process's share of ``folder`` with ``upscale_one(input, output,
+    overwrite)``; ``overwrite`` is also true for an incomplete file at the output's name.
 
     A file that fails (a damaged video, say) is reported and the batch goes on; Ctrl-C stops
     it (outputs finished so far are kept, the one being written is dropped).
@@ -117,20 +153,25 @@ def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, sh
     report = BatchReport([], [], [])
     todo = []
     for video, output in mine:
-        if is_complete(output) and not overwrite:
+        if overwrite or not output.exists():
+            todo.append((video, output, overwrite))
+        elif is_complete(video, output):
             report.skipped.append(video)
         else:
-            todo.append((video, output))
+            note(f"{output} is not a complete output of {video.name} (empty, cut short or "
+                 f"changed since it was written): it is upscaled again")
+            todo.append((video, output, True))
     logger.info("%s%s: %d videos, %d for this process, %d already done", shard.label, folder,
                 len(pairs), len(mine), len(report.skipped))
     if todo:
         outdir.mkdir(parents=True, exist_ok=True)
-    for video, output in todo:
+    for video, output, replace in todo:
         try:
-            upscale_one(video, output)
+            upscale_one(video, output, replace)
         except HirnError as error:
             report.failed.append((video, str(error)))
             logger.warning("%sfailed: %s: %s", shard.label, video.name, error)
             continue
+        mark_complete(video, output)
         report.done.append(video)
     return report

@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
-import errno
-import re
 import signal
-import threading
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
-
-import click
-
-from hirn.core.errors import HirnError
-from hirn.core.logs import logging_options
-from hirn.runtime.backends.base import BACKENDS, BackendConfig
-from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig
-from hirn.runtime.video_writer import CODECS, DEFAULT_CRF
+import sys
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_HUNG_UP = 129  # 128 + SIGHUP: the terminal was closed
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _interrupted_while_loading(signum, frame):
+    sys.stderr.write("\ninterrupted (Ctrl-C) while hirn-run was starting: nothing was "
+                     "written\n")
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+# Ctrl-C while the modules below load (a second or more on a cold disk) would print a
+# traceback of the import machinery: end with one line instead. Only in the hirn-run
+# process itself (a console script, or python -m), never in a program that imports this
+# module; main() hands Ctrl-C back to Python once it runs.
+if __name__ == "__main__" or (sys.argv and sys.argv[0].endswith("hirn-run")):
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+import errno  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import threading  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from hirn.core.errors import HirnError, OutputExistsError  # noqa: E402
+from hirn.core.logs import logging_options  # noqa: E402
+from hirn.runtime.backends.base import BACKENDS, BackendConfig  # noqa: E402
+from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig  # noqa: E402
+from hirn.runtime.video_writer import CODECS, DEFAULT_CRF  # noqa: E402
+
+# --fps, frames/s: image folders keep their rate to 1/1001, so slower rates would round to
+# 0; encoders and players refuse much faster ones
+MIN_FPS, MAX_FPS = 1 / 1000, 10_000
 
 HELP = f"""Upscale INPUT x4 into OUTPUT with HiRN.
 
@@ -32,9 +54,10 @@ HELP = f"""Upscale INPUT x4 into OUTPUT with HiRN.
 INPUT is a video (any container and codec FFmpeg reads) or a folder. A folder
 that holds images is one input, a frame sequence in natural name order; a folder
 that holds video files (.mp4, .mkv, .mov, .avi, .webm, ...) is a batch: each
-video is upscaled into the folder OUTPUT under its own name, outputs that already
-exist are skipped (so a stopped batch resumes), and under torchrun
---nproc-per-node N each process takes every N-th file.
+video is upscaled into the folder OUTPUT under its own name, outputs finished
+by an earlier run are skipped (so a stopped batch resumes; any other file at an
+output's name is upscaled again), and under torchrun --nproc-per-node N each
+process takes every N-th file.
 
 OUTPUT is a .mp4, .mkv or .mov video (H.264 unless --codec says otherwise), with
 the input's audio, frame rate and timestamps, or a path without extension for a
@@ -55,6 +78,18 @@ clip at once (benchmarks/results/windowing.md).
 def _device(ctx, param, value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         raise click.BadParameter(f"{value!r} is not a device: use cpu, cuda or cuda:N")
+    return value
+
+
+def _fps(ctx, param, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"{value} is not a frame rate: give a positive number of "
+                                 f"frames per second, e.g. 25 or 29.97")
+    if not MIN_FPS <= value <= MAX_FPS:
+        raise click.BadParameter(f"{value:g} frames/s is out of range: give a rate from "
+                                 f"{MIN_FPS:g} to {MAX_FPS:g}")
     return value
 
 
@@ -95,7 +130,7 @@ def _device(ctx, param, value: str) -> str:
               help="frames per call of the batchable graphs (encode, flow, decode)")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of the backend [default: all cores]")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
+@click.option("--fps", type=float, callback=_fps,
               help="frame rate of an image-folder input [default: 25]")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUTPUT")
 @click.option("--frames", type=click.IntRange(min=1),
@@ -117,11 +152,15 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
         with _terminate_as_interrupt():
             _dispatch(input, output, backend_config, run_config, demo, frames, quiet)
     except KeyboardInterrupt as stop:
-        terminated = isinstance(stop, Terminated)
-        click.echo(f"\n{'terminated' if terminated else 'interrupted (Ctrl-C)'}: the output "
-                   f"being written was removed (finished outputs of a batch are kept: run the "
-                   f"same command again to go on); the input is untouched", err=True)
-        ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+        said, code = ((stop.said, stop.exit_code) if isinstance(stop, Terminated)
+                      else ("interrupted (Ctrl-C)", EXIT_INTERRUPTED))
+        click.echo(f"\n{said}: the output being written was removed (finished outputs of a "
+                   f"batch are kept: run the same command again to go on); the input is "
+                   f"untouched", err=True)
+        ctx.exit(code)
+    except OutputExistsError as error:
+        raise click.ClickException(f"{error.path} {error.why}: pass --overwrite to replace "
+                                   f"it, or choose another output") from error
     except HirnError as error:
         raise click.ClickException(_message(error)) from error
     except MemoryError as error:
@@ -133,8 +172,16 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, or torchrun stopping its other processes), handled like Ctrl-C
-    so that the output being written is removed."""
+    """SIGTERM (a scheduler, or torchrun stopping its other processes) or SIGHUP (the
+    terminal closed), handled like Ctrl-C so that the output being written is removed."""
+
+    def __init__(self, said: str, exit_code: int):
+        super().__init__(said)
+        self.said, self.exit_code = said, exit_code
+
+
+_STOPS = {signal.SIGTERM: ("terminated", EXIT_TERMINATED),
+          signal.SIGHUP: ("hung up (the terminal was closed)", EXIT_HUNG_UP)}
 
 
 @contextmanager
@@ -144,13 +191,16 @@ def _terminate_as_interrupt():
         return
 
     def handler(signum, frame):
-        raise Terminated()
+        raise Terminated(*_STOPS[signum])
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    # Ctrl-C raises KeyboardInterrupt again (handled in main), not the loading-time exit
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {stop: signal.signal(stop, handler) for stop in _STOPS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for stop, action in previous.items():
+            signal.signal(stop, action)
 
 
 def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
@@ -199,9 +249,9 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
                  f"and read {config.overlap} more on each side", config.quiet)
         return runner
 
-    def upscale_one(video: Path, out: Path) -> None:
-        stats = upscale_file(video, out, get_runner, config, batch_size=backend.batch_size,
-                             label=shard.label)
+    def upscale_one(video: Path, out: Path, overwrite: bool = config.overwrite) -> None:
+        stats = upscale_file(video, out, get_runner, replace(config, overwrite=overwrite),
+                             batch_size=backend.batch_size, label=shard.label)
         click.echo(shard.label + summary(stats.frames, stats.seconds, out))
 
     if input.is_dir() and is_batch(input):

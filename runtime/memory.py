@@ -13,13 +13,15 @@ the batch size or window that fits.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 from hirn.core.errors import WindowMemoryError
 from hirn.core.schedule import make_plan
 from hirn.runtime.backends import Runner
 from hirn.runtime.padding import SCALE, padded_size
-from hirn.runtime.windows import max_frames_read
+from hirn.runtime.windows import GOP_FRAMES, max_frames_read
 
 _GIB = 2**30
 _HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
@@ -33,14 +35,36 @@ def window_bytes(runner: Runner, frames: int, height: int, width: int,
     frames, spatial and branch features, the flows the plan reads (a mirrored clip shares
     half of them: 2 channels of the ~260 held per pixel), and the decode of one batch."""
     h, w = padded_size(height, width)
-    plan = make_plan(frames)
+    features, flows = plan_size(frames)
     feature_map = runner.mid_channels * runner.element_size * h * w
     flow = _FLOW_CHANNELS * _FLOAT32 * h * w
     lq = 3 * _FLOAT32 * h * w
     hr_map = _HR_CHANNELS * runner.element_size * h * w * SCALE**2
     decode = min(batch_size, frames) * 2 * hr_map
-    return (frames * (lq + feature_map) + len(plan.computed()) * feature_map
-            + len(plan.flows()) * flow + decode)
+    return frames * (lq + feature_map) + features * feature_map + flows * flow + decode
+
+
+# Plans up to this many frames are built whole (a few milliseconds); longer ones are counted
+# by whole groups, since a plan of 100,000 frames takes seconds to build.
+_BUILT_FRAMES = 4 * GOP_FRAMES
+
+
+@lru_cache(maxsize=256)
+def plan_size(frames: int) -> tuple[int, int]:
+    """(branch features computed, flows read) by the plan of a ``frames``-frame clip.
+
+    Counted on the plan itself up to a few groups; beyond, the plan repeats with HiRN's
+    groups of :data:`GOP_FRAMES` (the linear branches add the same per frame, the group
+    branch the same per group), so a long clip adds whole groups' worth to a short one.
+    """
+    if frames <= _BUILT_FRAMES:
+        plan = make_plan(frames)
+        return len(plan.computed()), len(plan.flows())
+    # whole groups off, leaving a clip that is built whole even one group longer
+    groups = -(-(frames - _BUILT_FRAMES + GOP_FRAMES) // GOP_FRAMES)
+    short = frames - groups * GOP_FRAMES
+    base, longer = plan_size(short), plan_size(short + GOP_FRAMES)
+    return tuple(b + groups * (n - b) for b, n in zip(base, longer))
 
 
 def available_bytes(runner: Runner) -> int | None:
@@ -112,13 +136,14 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
     asked = (f"windows of {window} + 2 x {overlap} frames, decoded {batch_size} at a time, "
              f"do not fit in memory ({width}x{height} frames need at least "
              f"{needed / _GIB:.1f} GiB, {available / _GIB:.1f} GiB is free)")
-    advice = next((f"--batch-size {b}" for b in range(batch_size - 1, 0, -1)
-                   if fits(window, overlap, b)), None)
-    advice = advice or next((f"--batch-size 1 --window {w}" for w in range(window - 1, 0, -1)
-                             if fits(w, overlap, 1)), None)
-    if advice is None and overlap:
-        advice = next((f"--batch-size 1 --window {w} --overlap 0"
-                       for w in range(window, 0, -1) if fits(w, 0, 1)), None)
+    # the need grows with the batch and the window: bisection finds the largest that fits
+    advice = None
+    if (batch := _largest(batch_size - 1, lambda b: fits(window, overlap, b))) is not None:
+        advice = f"--batch-size {batch}"
+    elif (w := _largest(window - 1, lambda w: fits(w, overlap, 1))) is not None:
+        advice = f"--batch-size 1 --window {w}"
+    elif overlap and (w := _largest(window, lambda w: fits(w, 0, 1))) is not None:
+        advice = f"--batch-size 1 --window {w} --overlap 0"
     if advice is not None:
         raise WindowMemoryError(f"{asked}: use {advice}; nothing was written")
     shortest = min(min_frames, frame_count or min_frames)
@@ -127,3 +152,17 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
         f"need) does not: use a machine or GPU with more memory, FP16 on a GPU "
         f"(--precision fp16), or a smaller input; nothing was written")
 
+
+def _largest(most: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest n in [1, most] with ``fits(n)``, for a ``fits`` true up to some n and
+    false above it; None when even 1 does not fit."""
+    if most < 1 or not fits(1):
+        return None
+    low, high = 1, most  # fits(low) holds; the answer is within [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hirn.core.errors import NonFiniteOutputError
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import upscale_clip
 from hirn.runtime.memory import check_window_fits
 from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_uint8
 from hirn.runtime.progress import info, note, progress_bar
 from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
-from hirn.runtime.windows import GOP_FRAMES, check_window, iter_windows
+from hirn.runtime.windows import GOP_FRAMES, Window, check_window, iter_windows
 
 # Chosen from benchmarks/windowing.py (results/windowing.md): on a Vid4 calendar crop, 24 + 2 x 4
 # stays within 1.1 8-bit levels of whole-clip processing (74.4 dB; 70.5 dB for 16 + 2 x 4,
@@ -125,8 +126,10 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
             clock = time.perf_counter()
             hr = upscale_clip(runner, pad_frames(to_float(images)), batch_size, window.keep)
             stats.model_seconds += time.perf_counter() - clock
-            kept = to_uint8(crop_output(hr, height, width))
-            del hr
+            cropped = crop_output(hr, height, width)
+            _check_finite(cropped, window, runner)
+            kept = to_uint8(cropped)
+            del hr, cropped
             for image, (_, pts) in zip(kept, items[window.keep]):
                 if on_frame is not None:
                     on_frame(image)
@@ -136,6 +139,22 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
     stats.frames = sink.frames_written
     stats.seconds = time.perf_counter() - began
     return stats
+
+
+def _check_finite(hr: np.ndarray, window: Window, runner: Runner) -> None:
+    """Refuse a window whose output ``[T, 3, 4H, 4W]`` holds NaN or Inf: quantised, it would
+    be written as black or white frames without a word."""
+    if np.isfinite(hr).all():
+        return
+    frames = f"{window.keep_start}-{window.keep_stop - 1}"
+    if runner.element_size == 2:
+        cause = ("FP16 overflowed (run in FP32: --precision fp32, or graphs exported in "
+                 "fp32), or the weights are damaged")
+    else:
+        cause = ("the weights are probably damaged: not finite, or so large that they "
+                 "overflow (a diverged training run?); check or replace the checkpoint")
+    raise NonFiniteOutputError(f"the model's output for frames {frames} holds NaN or Inf "
+                               f"values: {cause}; nothing was written")
 
 
 @dataclass

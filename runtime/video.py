@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import SinkError, SourceError
+from hirn.core.errors import OutputExistsError, SinkError, SourceError
 from hirn.runtime.video_reader import (
     IMAGE_SUFFIXES,
     Frame,
@@ -193,8 +193,7 @@ def _check_destination(path: Path, folder: bool, overwrite: bool, inputs: list[P
     if folder and not any(path.iterdir()):
         return  # an empty folder made for the output
     if not overwrite:
-        raise SinkError(f"{path} already exists: pass overwrite=True (--overwrite) to replace "
-                        f"it, or choose another output")
+        raise OutputExistsError(path)
     if folder:
         others = [p.name for p in path.iterdir() if p.suffix.lower() != ".png" or p.is_dir()]
         if others:

@@ -22,10 +22,13 @@ from hirn.core.files import natural_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".pnm")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 DEFAULT_IMAGE_FPS = Fraction(25)
+FPS_DENOMINATOR = 1001  # an image folder's rate is kept to 1/1001: 30000/1001 stays exact
 # A video that ends this far short of the length its header announces is reported as truncated
 # (matroska, for one, just stops at a cut); the slack absorbs edit lists and rounding.
 SHORTFALL_SLACK = (2, 0.05)  # frames, share of the announced length
+_SHOWN_FRAMES = 5  # frame numbers listed in a note
 
 
 class Frame(NamedTuple):
@@ -173,6 +176,7 @@ class VideoSource(FrameSource):
             frames = container.decode(stream)
             step = max(1, round(1 / (self.fps * self.time_base)))
             last = None
+            damaged = []  # frames the decoder flags as corrupt (their damage concealed)
             while True:
                 try:
                     frame = next(frames, None)
@@ -190,11 +194,20 @@ class VideoSource(FrameSource):
                         self._note("some frame timestamps were missing or out of order; "
                                    "they were replaced by evenly spaced ones")
                 last = pts
+                if frame.is_corrupt:
+                    damaged.append(read)
                 yield Frame(self._to_rgb(frame), int(pts))
                 read += 1
         finally:
             container.close()
         self._check_length(read)
+        if damaged:
+            shown = ", ".join(map(str, damaged[:_SHOWN_FRAMES]))
+            hidden = len(damaged) - _SHOWN_FRAMES
+            more = f" and {hidden} more" if hidden > 0 else ""
+            self._note(f"{len(damaged)} of {read} frames were decoded with errors that FFmpeg "
+                       f"concealed (frames {shown}{more}, counted from 0): the input is "
+                       f"damaged or cut short, and so are those frames of the output")
 
     def _note_rotation(self, degrees: int) -> int:
         """Quarter turns (counterclockwise) that show the frames upright, as the video's
@@ -272,7 +285,7 @@ class ImageFolderSource(FrameSource):
     """A folder of images (png, jpg, bmp, tif, ...), one frame each, in natural name order.
 
     Hidden files and files of other types are ignored. Images carry no timing: pts count
-    frames (time_base = 1 / fps).
+    frames (time_base = 1 / fps). JPEGs are turned upright as their EXIF orientation asks.
     """
 
     def __init__(self, path: Path, fps: Fraction | float | None = None):
@@ -287,7 +300,8 @@ class ImageFolderSource(FrameSource):
         self.height, self.width = first.shape[:2]
         self._check_png_sizes()
         self.frame_count = len(self.files)
-        self.fps = Fraction(fps if fps is not None else DEFAULT_IMAGE_FPS).limit_denominator(1001)
+        self.fps = Fraction(fps if fps is not None else DEFAULT_IMAGE_FPS).limit_denominator(
+            FPS_DENOMINATOR)
         self.time_base = 1 / self.fps
 
     def __iter__(self) -> Iterator[Frame]:
@@ -319,7 +333,16 @@ class ImageFolderSource(FrameSource):
         except OSError as error:
             raise DecodeError(f"{file} cannot be read ({_reason(error)})",
                               frames_read=index) from error
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        flags = cv2.IMREAD_UNCHANGED
+        if file.suffix.lower() in JPEG_SUFFIXES:
+            # IMREAD_UNCHANGED ignores a JPEG's EXIF orientation (phone photos are often
+            # stored sideways); any-colour decoding applies it, as image viewers do, and
+            # changes nothing else for a JPEG (8-bit gray or colour)
+            flags = cv2.IMREAD_ANYCOLOR
+            turn = _EXIF_TURNS.get(_jpeg_orientation(data[:_JPEG_HEAD].tobytes()))
+            if turn:
+                self._note(f"JPEG images shown upright as their EXIF orientation asks ({turn})")
+        image = cv2.imdecode(data, flags) if data.size else None
         if image is None:
             raise DecodeError(f"{file} is not an image OpenCV can decode (damaged or empty?); "
                               f"{index} frames were read before it", frames_read=index)
@@ -355,3 +378,41 @@ def _png_size(file: Path) -> tuple[int, int] | None:
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
     return struct.unpack(">II", head[16:24])
+
+
+# EXIF orientations other than upright (1), by what showing the image upright takes
+_EXIF_TURNS = {2: "mirrored left to right", 3: "turned 180 degrees",
+               4: "mirrored top to bottom", 5: "mirrored and turned 90 degrees",
+               6: "turned 90 degrees clockwise", 7: "mirrored and turned 90 degrees",
+               8: "turned 90 degrees counterclockwise"}
+_JPEG_HEAD = 1 << 17  # bytes: EXIF sits in an APP1 segment of at most 64 KiB near the start
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (TIFF tag 0x0112) of a JPEG; 1 (upright) when it has none."""
+    pos = 2  # after the start-of-image marker
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+            return _tiff_orientation(data[pos + 10:pos + 2 + length])
+        if marker == 0xDA:  # start of scan: no metadata after it
+            break
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = struct.unpack(order + "I", tiff[4:8])[0]
+    if ifd + 2 > len(tiff):
+        return 1
+    for k in range(struct.unpack(order + "H", tiff[ifd:ifd + 2])[0]):
+        entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            break
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == 0x0112 and kind == 3:  # SHORT
+            return struct.unpack(order + "H", entry[8:10])[0]
+    return 1

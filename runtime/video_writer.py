@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import SinkError, SourceError
+from hirn.core.errors import OutputExistsError, SinkError, SourceError
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 # codec name -> (FFmpeg encoder, pixel format); bgr0 keeps FFV1 lossless for RGB input
@@ -140,8 +140,9 @@ class FrameSink:
     def _publish(self) -> None:
         if not self._overwrite and self.path.exists() and not _empty_folder(self.path):
             # appeared while we were writing
-            raise SinkError(f"{self.path} appeared while writing; pass overwrite=True "
-                            f"(--overwrite) to replace it")
+            raise OutputExistsError(self.path, "appeared while writing")
+        _sync(self._temp)  # on disk before the rename, so that a crash never leaves a
+        # complete-looking name over data still in the page cache
         if self._temp.is_dir() and self.path.is_dir() and any(self.path.iterdir()):
             # rename() cannot replace a non-empty folder: swap it aside, then delete it
             old = _temp_name(self.path, ".old")
@@ -154,6 +155,7 @@ class FrameSink:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self._temp, self.path)
+        _sync_folder(self.path.parent)  # the rename itself
 
 
 class VideoSink(FrameSink):
@@ -322,10 +324,13 @@ def _aac_layout(layout) -> str:
 
 
 class ImageFolderSink(FrameSink):
-    """A folder of PNGs named ``000000.png``, ``000001.png``, ... (timestamps are not kept)."""
+    """A folder of PNGs named ``000000.png``, ``000001.png``, ... (timestamps are not kept:
+    uneven ones are noted)."""
 
     def _write(self, image: np.ndarray, pts: int) -> None:
         import cv2
+
+        self._note_uneven_timing(pts)
 
         ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL,
@@ -337,6 +342,41 @@ class ImageFolderSink(FrameSink):
     def _finish(self) -> None:
         if self.frames_written == 0:
             raise SinkError(f"no frames were written to {self.path}: nothing to save")
+
+    def _note_uneven_timing(self, pts: int) -> None:
+        if self._last_pts is None:
+            return
+        # a tick of slack: 29.97 frames/s in milliseconds alternates 33 and 34
+        period = 1 / (self.fps * self.time_base)
+        if abs((pts - self._last_pts) - period) > max(1, period / 100):
+            text = ("the input's frames are not evenly spaced in time (a variable frame "
+                    "rate): a folder of PNGs keeps their order, not their timing; write a "
+                    "video (.mkv, .mp4) to keep it")
+            if text not in self.notes:
+                self.notes.append(text)
+
+
+def _sync(path: Path) -> None:
+    """Flush a file, or a folder's files and the folder, to the disk."""
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    if path.is_dir():
+        _sync_folder(path)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a folder that cannot be opened (some file systems): nothing to sync
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # file systems that cannot sync a folder
+    finally:
+        os.close(fd)
 
 
 def write_file(path: Path, data: np.ndarray) -> None:

@@ -72,8 +72,10 @@ def iter_windows(frames: Iterable[T], window: int, overlap: int, min_frames: int
     """Cut a stream of frames into windows, reading each frame once, as late as possible.
 
     Yields ``(Window, frames of the window)``; a window reads at most
-    ``max(window + 2 * overlap, min_frames)`` frames, and at most that plus ``window + 1``
-    frames are held at any time (with the overlap widened for ``min_frames``).
+    ``max(window + 2 * overlap, min_frames)`` frames, and at most
+    ``window + overlap + 1 + max(overlap, min_frames - 1)`` frames are held at any time (with
+    the overlap widened for ``min_frames``): until the video's end is seen, a last window
+    that reaches ``min_frames`` back from it is still possible.
     """
     check_window(window, overlap)
     overlap = effective_overlap(window, overlap, min_frames)

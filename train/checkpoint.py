@@ -34,6 +34,9 @@ _BLOCK_KEY = re.compile(r"backbone\.backward_1\.main\.2\.(\d+)\.")
 
 def _read(path: str | os.PathLike, map_location) -> object:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: pass the path "
+                              f"of a .pth file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -157,9 +160,20 @@ def _target(model: nn.Module) -> str:
     return target
 
 
+def check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming the first weight with NaN or Inf values (such
+    weights make every output NaN: black frames)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source} has weights that are not finite (NaN or Inf), "
+                                  f"first in {key!r}: the file is damaged or its training "
+                                  f"diverged; use another checkpoint")
+
+
 def _load_into(model: nn.Module, state: Mapping[str, Tensor], source: str,
                strict: bool) -> nn.Module:
     check_state_dict(model.state_dict(), state, source, _target(model), strict=strict)
+    check_finite(state, source)
     model.load_state_dict(state, strict=strict)
     return model
 

@@ -91,6 +91,20 @@ def gather(obj: object, d: Dist) -> list:
     return out
 
 
+def agree_stop(signum: int, d: Dist, device: torch.device) -> int:
+    """The stop signal any process received (0: none), the same in every process.
+
+    Called once per iteration, so that all processes stop at the same one: a one-integer
+    all_reduce, next to a step's gradient all_reduces (and the loss is read on the CPU each
+    iteration anyway, so it adds no GPU synchronisation).
+    """
+    if d.world_size == 1:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def barrier(d: Dist) -> None:
     if d.world_size > 1:
         dist.barrier()

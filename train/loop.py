@@ -3,6 +3,8 @@
 Per iteration (1-based, as BasicSR counts): set SpyNet frozen or trainable,
 step the scheduler, read this process's batch, Charbonnier loss, Adam step,
 EMA update; then log, validate and save when their frequencies say so.
+SIGINT / SIGTERM stop the run at the end of the iteration in progress, with a
+resume state (``state.StopSignals``); every process stops at the same iteration.
 
 Work folder (written by rank 0 only, every file atomically)::
 
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import re
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,7 +47,18 @@ from .data import SampleStream, TrainDataset, load_val_clips
 from .ema import EMA
 from .hirn import HiRN
 from .schedulers import CosineAnnealingRestartLR
-from .state import latest_state, rng_states, save_state, set_rng_states, state_path
+from .state import (
+    STATE_DIR,
+    STOP_SIGNALS,
+    Interruption,
+    StopNow,
+    StopSignals,
+    latest_state,
+    rng_states,
+    save_state,
+    set_rng_states,
+    state_path,
+)
 from .validation import bicubic_scores, validate
 
 LOG_NAME = "train_log.jsonl"
@@ -100,9 +114,11 @@ def amp_dtype(option: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class RunResult:
-    iteration: int          # the last iteration done
+    iteration: int          # the last iteration done (stopped at once: the latest state's)
     work_dir: Path
-    checksums: list[str]    # parameter SHA-256 of each process at the end
+    checksums: list[str]    # parameter SHA-256 of each process at the end (stopped at once:
+                            # none)
+    interrupted: Interruption | None = None  # how a signal stopped the run
 
 
 class _Log:
@@ -150,6 +166,20 @@ def resolve_resume(work_dir: Path, resume: str | None) -> Path | None:
     return Path(resume)
 
 
+def _start_over(work_dir: Path) -> None:
+    """``--resume auto`` without a state: say so, and keep an earlier log rather than cut it
+    (it may be all that is left of a run whose states were removed)."""
+    log, kept = work_dir / LOG_NAME, ""
+    if log.exists():
+        n = 1
+        while (old := log.with_name(f"{log.stem}.{n}{log.suffix}")).exists():
+            n += 1
+        log.rename(old)
+        kept = f" (the earlier {LOG_NAME} is kept as {old.name})"
+    logger.warning("--resume auto: no resume state in %s; starting from iteration 0%s",
+                   work_dir / STATE_DIR, kept)
+
+
 def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: str | None = None,
           stop_after: int | None = None, progress: bool = True) -> RunResult:
     """Run (or continue) a training as configured; returns where it stopped.
@@ -160,15 +190,35 @@ def train(cfg: Config, work_dir: str | Path, *, device: str = "auto", resume: st
         resume: ``None``, ``"auto"`` or the path of a resume state.
         stop_after: stop (and save a resume state) after this iteration.
         progress: show a progress bar (rank 0).
+
+    SIGINT and SIGTERM (in the main thread) stop the run with a resume state at the end of
+    the iteration in progress, or at once before the first iteration or on a second signal;
+    ``RunResult.interrupted`` says which.
     """
     d = D.from_env()
+    work_dir = Path(work_dir)
+    with StopSignals(announce=d.main, repeat_stops=d.world_size == 1) as stop:
+        try:
+            return _train(cfg, work_dir, d, stop, device, resume, stop_after, progress)
+        except StopNow as now:
+            state = latest_state(work_dir)
+            return RunResult(int(state.stem) if state else 0, work_dir, [],
+                             Interruption(now.signum, now.iteration, False, now.during, state))
+
+
+def _train(cfg: Config, work_dir: Path, d: D.Dist, stop: StopSignals, device: str,
+           resume: str | None, stop_after: int | None, progress: bool) -> RunResult:
     dev = D.pick_device(device, d)
     D.init(d, dev, cfg.dist_params.backend)
-    work_dir = Path(work_dir)
-    resume_path = resolve_resume(work_dir, resume or cfg.path.resume_state)
+    asked = resume or cfg.path.resume_state
+    resume_path = resolve_resume(work_dir, asked)
+    if d.main and resume_path is None and asked == "auto":
+        _start_over(work_dir)
     parts = build_parts(cfg, d.rank, dev)
     start = restore(parts, resume_path, cfg, d) if resume_path is not None else 0
-    run = _Run(cfg, work_dir, d, dev, parts, start)
+    if d.main and resume_path is not None:
+        logger.info("resuming from %s (iteration %d)", resume_path, start)
+    run = _Run(cfg, work_dir, d, dev, parts, start, stop)
     run.begin(resume_path)
     total = cfg.train.total_iter
     last = run.loop(min(total, stop_after) if stop_after else total, progress)
@@ -295,9 +345,10 @@ class _Run:
     """One process's run: its data, logs and the iterations from ``start``."""
 
     def __init__(self, cfg: Config, work_dir: Path, d: D.Dist, device: torch.device,
-                 parts: Parts, start: int):
+                 parts: Parts, start: int, stop: StopSignals):
         self.cfg, self.work_dir, self.d, self.device = cfg, work_dir, d, device
-        self.parts, self.start = parts, start
+        self.parts, self.start, self.stop = parts, start, stop
+        self.stopped = 0  # the signal that stopped the loop (agreed by every process)
         self.log = _Log(work_dir, d.main, start)
         if d.main:
             atomic_write_text(work_dir / "config.yml",
@@ -308,6 +359,7 @@ class _Run:
                               d.world_size)
         self.loader = DataLoader(self.dataset, batch_size=data_cfg.batch_size_per_gpu,
                                  sampler=stream, num_workers=data_cfg.num_worker_per_gpu,
+                                 worker_init_fn=_leave_signals_to_main,
                                  pin_memory=device.type == "cuda", persistent_workers=False)
         self.val_clips = (load_val_clips(cfg.datasets.val) if cfg.datasets.val and d.main
                           else [])
@@ -342,22 +394,39 @@ class _Run:
         it = self.start
         batches = iter(self.loader)
         self.parts.model.train()
+        self.stop.during = "training"
         for it in range(self.start + 1, last + 1):
+            self.stop.iteration = it
             self._set_flow_phase(it)
             self.window.add(self._step(batches))
             bar.update(1)
-            if it % cfg.logger.print_freq == 0 or it == last:
-                record = self.window.record(it, self.d, self.parts.scheduler, self.frozen)
-                self.log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}")
-            if self.val_clips and it % cfg.val.val_freq == 0:
+            # Here, between iterations, the state is whole; all processes agree to stop.
+            self.stopped = D.agree_stop(self.stop.signum, self.d, self.device)
+            end = it == last or bool(self.stopped)
+            if it % cfg.logger.print_freq == 0 or end:
+                self._log_window(it, bar)
+            # A run asked to stop does not wait for a validation (which moves no weights
+            # and draws no random numbers: the resumed run is the same without it).
+            if self.val_clips and it % cfg.val.val_freq == 0 and not self.stopped:
                 with self.window.paused():
                     self._validate(it)
-            if it % cfg.logger.save_checkpoint_freq == 0 or it == last:
+            if it % cfg.logger.save_checkpoint_freq == 0 or end:
                 with self.window.paused():
                     self._save(it)
+                if not self.stopped:  # a signal during this save: stop at the state saved
+                    self.stopped = D.agree_stop(self.stop.signum, self.d, self.device)
+                    if self.stopped and self.window.count:
+                        self._log_window(it, bar)
+            if self.stopped:
+                break
+        self.stop.during = "done"
         bar.close()
         return it
+
+    def _log_window(self, it: int, bar) -> None:
+        record = self.window.record(it, self.d, self.parts.scheduler, self.frozen)
+        self.log.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}")
 
     def _set_flow_phase(self, it: int) -> None:
         """Freeze SpyNet before ``fix_flow``, train it from there."""
@@ -409,19 +478,20 @@ class _Run:
     def _save(self, it: int) -> None:
         """Published-format weights and a resume state (RNG states of every process)."""
         d, cfg, parts = self.d, self.cfg, self.parts
-        rngs = D.gather(rng_states(), d)
-        if d.main:
-            self._save_weights(self.work_dir / "models" / f"net_g_{it}.pth", it)
-            save_state(state_path(self.work_dir, it), {
-                "iter": it, "params": parts.model.state_dict(),
-                "params_ema": parts.ema.state_dict() if parts.ema is not None else None,
-                "optimizer": parts.optimizer.state_dict(),
-                "scheduler": parts.scheduler.state_dict(),
-                "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-                "rng": rngs, "world_size": d.world_size, "config": to_dict(cfg),
-                # Where the data stream continues (see data.SampleStream).
-                "next_sample": it * d.world_size * cfg.datasets.train.batch_size_per_gpu})
-        D.barrier(d)
+        with self.stop.saving():
+            rngs = D.gather(rng_states(), d)
+            if d.main:
+                self._save_weights(self.work_dir / "models" / f"net_g_{it}.pth", it)
+                save_state(state_path(self.work_dir, it), {
+                    "iter": it, "params": parts.model.state_dict(),
+                    "params_ema": parts.ema.state_dict() if parts.ema is not None else None,
+                    "optimizer": parts.optimizer.state_dict(),
+                    "scheduler": parts.scheduler.state_dict(),
+                    "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+                    "rng": rngs, "world_size": d.world_size, "config": to_dict(cfg),
+                    # Where the data stream continues (see data.SampleStream).
+                    "next_sample": it * d.world_size * cfg.datasets.train.batch_size_per_gpu})
+            D.barrier(d)
 
     def _save_weights(self, path: Path, it: int) -> None:
         save_checkpoint(path, self.parts.model, self.parts.ema_module,
@@ -429,7 +499,11 @@ class _Run:
 
     def finish(self, it: int) -> RunResult:
         """The final checkpoint (when the run is complete), the end record and checksums."""
-        d = self.d
+        d, interrupted = self.d, None
+        if self.stopped:
+            interrupted = Interruption(self.stopped, it, True, "training",
+                                       state_path(self.work_dir, it))
+            self.log.write({"event": "interrupted", "iter": it, "signal": interrupted.name})
         if d.main and it == self.cfg.train.total_iter:
             self._save_weights(self.work_dir / "models" / "net_g_latest.pth", it)
         sums = D.gather(D.checksum(self.parts.model), d)
@@ -437,7 +511,15 @@ class _Run:
                         "time": time.time() - self.window.start})
         self.log.close()
         D.barrier(d)
-        return RunResult(it, self.work_dir, sums)
+        return RunResult(it, self.work_dir, sums, interrupted)
+
+
+def _leave_signals_to_main(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT / SIGTERM: the main process stops at an iteration
+    boundary, and a terminal's Ctrl-C reaches every process of the group (a worker that
+    died of it would fail the batch the main process is waiting for)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:

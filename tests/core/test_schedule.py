@@ -100,3 +100,38 @@ def test_context_follows_branch_order():
 def test_rejects_empty_clip():
     with pytest.raises(ValueError, match="at least 1 frame"):
         make_plan(0)
+
+
+# (frame F, L1) of every aligned group step, in execution order, worked out by hand from the
+# design's rule (hirn-model.md): "if g*GOP + l1 >= T then l1 = T - 1 - g*GOP"
+CLIPPED_L1 = {
+    6: [(3, 5), (1, 3), (2, 3), (4, 5), (5, 5)],  # GOP 7: l1 = 6 clipped to 5
+    10: [(6, 6), (3, 6), (1, 3), (2, 3), (4, 6), (5, 6),
+         (8, 9), (9, 9)],  # second group (base 7): l1 = 3 clipped to 2
+    16: [(8, 15), (4, 8), (2, 4), (1, 2), (3, 4), (6, 8), (5, 6), (7, 8),
+         (12, 15), (10, 12), (9, 10), (11, 12), (14, 15), (13, 14), (15, 15)],  # 16 -> 15
+    20: [(16, 16), (8, 16), (4, 8), (2, 4), (1, 2), (3, 4), (6, 8), (5, 6), (7, 8),
+         (12, 16), (10, 12), (9, 10), (11, 12), (14, 16), (13, 14), (15, 16),
+         (18, 19), (17, 18), (19, 19)],  # second group (base 16): l1 = 4 clipped to 3
+}
+
+
+@pytest.mark.parametrize("t", sorted(CLIPPED_L1))
+def test_group_l1_is_clipped_to_the_last_frame(t):
+    """Near the end of a clip the group branch aligns towards the last frame, T - 1, in
+    place of a frame past the end: the chain towards L1 is fb[F], fb[F], .., fb[L1 - 2]
+    (empty when F == L1), and feat_b is group[L1] if that was computed already."""
+    plan = make_plan(t)
+    done = set()
+    got = []
+    for step in plan.steps:
+        if step.branch == "group" and step.aligned:
+            l1 = step.frame + len(step.flow_b)
+            got.append((step.frame, l1))
+            expected_chain = () if l1 == step.frame else tuple(
+                FlowRef("backward", i) for i in (step.frame, *range(step.frame, l1 - 1)))
+            assert step.flow_b == expected_chain, step
+            assert step.feat_b == (FeatureRef("group", l1) if l1 in done else None), step
+        if step.branch == "group":
+            done.add(step.frame)
+    assert got == CLIPPED_L1[t]

@@ -17,6 +17,7 @@ from hirn.runtime.batch import (
     BatchError,
     Shard,
     is_batch,
+    mark_complete,
     output_name,
     plan_batch,
     run_batch,
@@ -86,9 +87,10 @@ def test_a_batch_skips_finished_outputs_and_goes_on_after_a_failure(tmp_path):
         (folder / name).write_bytes(b"")
     out.mkdir()
     (out / "b.mp4").write_bytes(b"done before")
+    mark_complete(folder / "b.mp4", out / "b.mp4")  # what a finished run leaves beside it
     calls = []
 
-    def upscale_one(video: Path, output: Path) -> None:
+    def upscale_one(video: Path, output: Path, overwrite: bool) -> None:
         calls.append(video.name)
         if video.name == "c.mp4":
             raise BatchError("c.mp4 is damaged")
@@ -121,8 +123,9 @@ def test_torchrun_shares_a_folder_out_and_a_rerun_resumes(tmp_path, media, tiny_
     # each summary line names the process and the output it wrote
     written = re.findall(r"\[(\d)/2\] 1 frame in .* -> \S+/(\S+)$", result.stdout, re.M)
     assert sorted(written) == [("1", "clip1.mp4"), ("1", "clip3.mov"), ("2", "clip2.mkv")]
-    assert sorted(p.name for p in out.iterdir()) == ["clip1.mp4", "clip2.mkv", "clip3.mov"]
-    for path in out.iterdir():
+    outputs = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    assert [p.name for p in outputs] == ["clip1.mp4", "clip2.mkv", "clip3.mov"]
+    for path in outputs:
         source = open_source(path)
         assert (source.width, source.height, source.frame_count) == (128, 96, 1)
     again = CliRunner().invoke(main, args)  # in this process: no torchrun variables

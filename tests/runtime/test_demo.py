@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support import run_cli
+import torch
+from support import RUN_MAX_LEVELS, run_cli
 
 from hirn.core.logs import setup_logging
 from hirn.runtime.backends import BackendConfig
@@ -24,6 +25,7 @@ from hirn.runtime.demo import (
     synthetic_clip,
 )
 from hirn.runtime.video import open_source, read_frames
+from hirn.train import load_model
 from hirn.train.metrics import psnr
 
 # Tolerances, all in one place.
@@ -31,6 +33,7 @@ PRINTED_DB_ATOL = 0.006  # PSNR printed with 2 decimals
 MIN_TEXTURE = 100.0  # variance of the Laplacian of an original frame: real detail to recover
 MIN_MOTION = 10.0  # mean absolute change between two frames, in 8-bit levels
 LABEL_ROWS = 30  # rows of the side-by-side picture that carry the labels
+SCORE_DB_ATOL = 0.01  # the demo's HiRN PSNR vs the model's own output (values within one level)
 
 
 def test_the_synthetic_clip_moves_has_detail_and_is_always_the_same():
@@ -90,3 +93,25 @@ def test_demo_with_a_checkpoint_does_not_call_its_weights_untrained(tmp_path, ca
     assert f"HiRN {scores['hirn']:.2f} dB" in out.out
     assert sorted(p.name for p in tmp_path.iterdir()) == [INPUT_NAME, SIDE_BY_SIDE,
                                                           OUTPUT_NAME]
+
+
+def test_demo_hirn_panel_and_psnr_come_from_the_model(tmp_path, capsys, tiny_checkpoint,
+                                                      one_thread):
+    """The middle panel is the model's output for the middle frame, and the HiRN PSNR is
+    that of the model's rounded output for the whole clip against the original."""
+    scores = run_demo(tmp_path, BackendConfig(checkpoint=tiny_checkpoint), frames=2)
+    out = capsys.readouterr().out
+    lr = read_frames(tmp_path / INPUT_NAME)
+    with torch.no_grad():
+        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255)[None]
+        sr = load_model(tiny_checkpoint)(x)[0].clamp(0, 1).mul(255).round().byte()
+    sr = sr.permute(0, 2, 3, 1).numpy()
+    original = synthetic_clip(2)
+    picture = cv2.cvtColor(cv2.imread(str(tmp_path / SIDE_BY_SIDE)), cv2.COLOR_BGR2RGB)
+    width = HR_SIZE[1]
+    panel = picture[LABEL_ROWS:, width + 4:2 * width + 4].astype(int)
+    assert np.abs(panel - sr[1][LABEL_ROWS:]).max() <= RUN_MAX_LEVELS
+    assert not np.array_equal(panel, bicubic(lr)[1][LABEL_ROWS:])
+    expected = np.mean([psnr(s, o) for s, o in zip(sr, original)])
+    assert scores["hirn"] == pytest.approx(expected, abs=SCORE_DB_ATOL)
+    assert f"HiRN {scores['hirn']:.2f} dB" in out

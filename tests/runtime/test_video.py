@@ -34,6 +34,8 @@ COLOUR_MAX_ERROR = 4  # 8-bit levels inside flat colour blocks through H.264/H.2
 TEN_BIT_MIN_PSNR_DB = 40.0  # 10-bit x264 at CRF 0 read as 8-bit vs the 8-bit frames
 AUDIO_DURATION_ATOL = 0.03  # seconds: about one AAC packet (1024 samples at 44.1 kHz)
 STREAM_PEAK_FRAMES = 6  # Python-side memory while iterating, in frames (a 60-frame clip)
+AUDIO_LEAD_MAX_FRAMES = 24  # one window of hirn-run (its default): how far, in frames, audio
+                            # and video may run ahead of each other in the output's file order
 
 
 def sha256(path: Path) -> str:
@@ -334,6 +336,38 @@ def test_mp4_round_trip_keeps_timestamps_and_remuxes_audio(calendar_mp4, tmp_pat
     assert (codec_out, channels_out) == (codec_in, channels) == ("aac", 2)
     assert seconds_out == pytest.approx(seconds_in, abs=AUDIO_DURATION_ATOL)
     assert seconds_in == pytest.approx(0.4, abs=AUDIO_DURATION_ATOL)
+
+
+def packet_times(path: Path) -> list[tuple[str, float]]:
+    """``(stream type, start in seconds)`` of every timed packet, in file order (by byte
+    position: the MP4 demuxer hands out packets by time once the streams drift apart)."""
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.stream.type, float(p.pts * p.time_base))
+                   for p in container.demux() if p.size and p.pts is not None]
+    assert all(pos is not None and pos >= 0 for pos, _, _ in packets)
+    return [(kind, start) for _, kind, start in sorted(packets)]
+
+
+@pytest.mark.parametrize("codec, name", [("h264", "long.mp4"), ("ffv1", "long.mkv")])
+def test_audio_is_interleaved_with_the_video(tmp_path, media, codec, name):
+    """Audio is copied while the frames are written, never buffered whole: in the output,
+    read in file order, neither stream runs ahead of the other by more than a window of
+    frames. The clip is longer than the 10 s the muxer itself would reorder."""
+    seconds = 12
+    frames = media.synthetic_frames(seconds * media.fps, width=32, height=32)
+    source_name = "in.mkv" if codec == "ffv1" else "in.mp4"
+    path = media.write_video(tmp_path / source_name, frames, audio=("aac", 8000,
+                                                                    media.tone(seconds, 8000, 1)))
+    out = copy_clip(open_source(path), tmp_path / name, codec=codec)
+    times = packet_times(out)
+    assert {kind for kind, _ in times} == {"video", "audio"}
+    lead = AUDIO_LEAD_MAX_FRAMES / media.fps
+    latest = {"video": 0.0, "audio": 0.0}  # the latest start of each stream so far
+    for kind, start in times:
+        other = "audio" if kind == "video" else "video"
+        assert start <= latest[other] + lead, (kind, start, latest)
+        latest[kind] = max(latest[kind], start)
+    assert latest["audio"] == pytest.approx(seconds, abs=0.2)
 
 
 def test_audio_the_container_refuses_is_encoded_to_aac(tmp_path, media):

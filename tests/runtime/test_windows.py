@@ -8,6 +8,7 @@ wrote each frame, how many frames were held, and what happens on errors and Ctrl
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from hirn.runtime.windows import (
     Window,
     effective_overlap,
     iter_windows,
+    max_frames_read,
     plan_windows,
 )
 
@@ -108,8 +110,105 @@ def test_bad_window_settings(window, overlap):
         RunConfig(window=window, overlap=overlap)
 
 
+def frames_held_bound(window: int, overlap: int, minimum: int) -> int:
+    """The most frames :func:`iter_windows` holds: from the core's start, ``window`` frames,
+    the overlap (widened for ``minimum``) and one frame of look-ahead; behind it, the overlap
+    or, in case this is the last window, ``minimum - 1`` frames."""
+    wide = effective_overlap(window, overlap, minimum)
+    return window + wide + 1 + max(wide, minimum - 1)
+
+
+class Frame:
+    """A frame that can be watched with a weak reference (to count the live ones)."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+@pytest.mark.parametrize("window, overlap, minimum", [(6, 2, GOP_FRAMES), (3, 0, 1),
+                                                      (24, 4, GOP_FRAMES)])
+@pytest.mark.parametrize("num_frames", [60, 400])
+def test_frames_held_stay_within_the_window_bound_as_the_video_grows(num_frames, window,
+                                                                     overlap, minimum):
+    """Memory bounded by the window: frames are released once no later window can read
+    them, so the frames alive stay within a bound set by the window, whatever the length."""
+    alive = weakref.WeakSet()
+
+    def frames():
+        for index in range(num_frames):
+            frame = Frame(index)
+            alive.add(frame)
+            yield frame
+
+    bound = frames_held_bound(window, overlap, minimum)
+    peak = 0
+    for w, items in iter_windows(frames(), window, overlap, minimum):
+        assert [f.index for f in items] == list(range(w.start, w.stop))
+        peak = max(peak, len(alive))
+        del items
+    assert w.stop == num_frames
+    assert 0 < peak <= bound
+
+
 # ---------------------------------------------------------------------------------------------
 # The streaming pipeline, with a stand-in model
+
+
+class SyntheticSource:
+    """An in-memory source of ``count`` small frames that counts its frames still alive."""
+
+    def __init__(self, count: int, height: int = 8, width: int = 8):
+        self.count, self.height, self.width = count, height, width
+        self.alive = 0
+        self._lock = threading.Lock()
+
+    def _released(self) -> None:
+        with self._lock:
+            self.alive -= 1
+
+    def __iter__(self):
+        for index in range(self.count):
+            image = np.full((self.height, self.width, 3), index % 256, np.uint8)
+            with self._lock:
+                self.alive += 1
+            weakref.finalize(image, self._released)
+            yield image, index
+
+
+class CountingSink:
+    """Takes frames and keeps only their number and timestamps."""
+
+    def __init__(self):
+        self.frames_written, self.stamps = 0, []
+
+    def write(self, image, pts):
+        self.frames_written += 1
+        self.stamps.append(pts)
+
+
+@pytest.mark.parametrize("num_frames", [40, 240])
+def test_pipeline_memory_is_bounded_by_the_window_not_the_video(num_frames, monkeypatch):
+    """Memory bounded by the window: the decoded frames alive while the model runs (held by
+    the windows and the read-ahead queue) and the frames each model call sees stay within
+    the window's bound, for a short and a 6x longer video."""
+    window, overlap = 4, 1
+    source = SyntheticSource(num_frames)
+    alive_at_call, frames_per_call = [], []
+
+    def model(runner, frames, batch_size=4, keep=slice(None)):
+        alive_at_call.append(source.alive)
+        frames_per_call.append(len(frames))
+        return frames.repeat(4, axis=2).repeat(4, axis=3)[keep]
+
+    monkeypatch.setattr(pipeline, "upscale_clip", model)
+    sink = CountingSink()
+    upscale(source, sink, None, RunConfig(window=window, overlap=overlap))
+    assert sink.stamps == list(range(num_frames))
+    read = max_frames_read(window, overlap, GOP_FRAMES)
+    held = frames_held_bound(window, overlap, GOP_FRAMES)  # by the windows
+    queued = window + overlap + 1 + 1  # decoded ahead, plus one in the decoder's hand
+    assert max(frames_per_call) <= read
+    assert max(alive_at_call) <= held + queued
 
 
 class StampingModel:

@@ -207,3 +207,85 @@ def test_upscaler_with_wrong_output_is_reported(tmp_path):
         evaluate("vid4", tmp_path, lambda lr: lr.repeat(2, axis=1).repeat(2, axis=2), "x2")
     with pytest.raises(HirnError, match="returned float64"):
         evaluate("vid4", tmp_path, lambda lr: np.zeros((1, 32, 32, 3)), "float")
+
+
+def _nearest_x4(lr: np.ndarray) -> np.ndarray:
+    """An upscaler whose output for a crop is exactly the same crop of its output for the
+    whole frame (each LR pixel becomes a 4x4 block)."""
+    return lr.repeat(4, axis=1).repeat(4, axis=2)
+
+
+def _textured_gt(frames: int, height: int, width: int, seed: int = 2) -> np.ndarray:
+    """Smooth noise: every row differs, so a ground truth off by one LR row scores lower."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    return np.stack([cv2.GaussianBlur(f, (9, 9), 3) for f in noise])
+
+
+@pytest.mark.parametrize("crop", [(10, 10), (9, 14)])
+def test_a_crop_scores_as_the_same_region_of_the_whole_frame(tmp_path, crop):
+    """``--crop``: the LR crop and the ground truth stay aligned (GT window = 4x the LR one),
+    so a local upscaler scores on the crop what it scores on that region uncropped."""
+    gt = _textured_gt(2, 96, 128)  # LR 24x32 = imresize(GT, 1/4), made by hirn-eval
+    _write_clip(tmp_path / "vid4" / "walk", gt)
+    report = evaluate("vid4", tmp_path, _nearest_x4, "nearest", crop=crop)
+    lr = np.stack([imresize(g, 0.25) for g in gt])
+    top, left = (24 - crop[0]) // 2, (32 - crop[1]) // 2  # centred, in LR pixels
+    rows = slice(4 * top, 4 * (top + crop[0]))
+    cols = slice(4 * left, 4 * (left + crop[1]))
+    sr = _nearest_x4(lr)
+    expected = [psnr(rgb_to_y(s[rows, cols]), rgb_to_y(g[rows, cols])) for s, g in zip(sr, gt)]
+    np.testing.assert_allclose(report.clips[0].psnr_per_frame, expected, rtol=0,
+                               atol=METRIC_ATOL)
+    # the data would show a misalignment: one LR row off scores clearly lower
+    off = slice(rows.start + 4, rows.stop + 4)
+    shifted = np.mean([psnr(rgb_to_y(s[rows, cols]), rgb_to_y(g[off, cols]))
+                       for s, g in zip(sr, gt)])
+    assert shifted < np.mean(expected) - 1.0
+
+
+def test_crop_cli_scores_bicubic_on_the_matching_gt_window(tmp_path):
+    """``hirn-eval --crop HxW --method bicubic``: the table shows PSNR of imresize(LR crop, 4)
+    against the GT window 4x the LR crop, computed here by slicing."""
+    gt = _textured_gt(1, 96, 128, seed=3)
+    _write_clip(tmp_path / "vid4" / "city", gt)
+    result = _cli("--data-root", tmp_path, "--method", "bicubic", "--crop", "12x16",
+                  "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    lr = imresize(gt[0], 0.25)  # 24x32; the centred 12x16 crop starts at row 6, column 8
+    sr = imresize(lr[6:18, 8:24], 4)
+    expected = psnr(rgb_to_y(sr), rgb_to_y(gt[0][24:72, 32:96]))
+    (clip,) = json.loads((tmp_path / "out.json").read_text())["clips"]
+    assert math.isclose(clip["psnr"], expected, abs_tol=METRIC_ATOL)
+    assert f"| city | 1 | {expected:.2f} |" in result.output
+
+
+def test_checkpoint_scores_match_an_independent_computation(tmp_path):
+    """``hirn-eval --checkpoint``: per-frame PSNR equals scikit-image's PSNR on the BT.601 Y
+    of the model's rounded output for the whole clip, against the GT frames (given LR)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    torch.manual_seed(0)
+    model = HiRN(mid_channels=8, num_blocks=1).eval()
+    save_checkpoint(tmp_path / "tiny.pth", model)
+    gt = _textured_gt(2, 256, 256, seed=4)
+    lr = np.stack([cv2.resize(g, (64, 64), interpolation=cv2.INTER_AREA) for g in gt])
+    _write_clip(tmp_path / "vid4" / "foliage", gt)
+    _write_clip(tmp_path / "vid4" / "foliage", lr, sub="LR_bicubic")
+    result = _cli("--data-root", tmp_path, "--checkpoint", tmp_path / "tiny.pth",
+                  "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    (clip,) = json.loads((tmp_path / "out.json").read_text())["clips"]
+    assert (clip["frames"], clip["lr_source"]) == (2, "LR_bicubic")
+    with torch.no_grad():
+        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255)[None]
+        sr = model(x)[0].clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+
+    def luma(rgb):  # BT.601, RGB in [0, 1], Y on 0..255, not rounded
+        rgb = rgb.astype(np.float64) / 255
+        return 16 + 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
+
+    expected = [peak_signal_noise_ratio(luma(g), luma(s), data_range=255)
+                for s, g in zip(sr, gt)]
+    np.testing.assert_allclose(clip["psnr_per_frame"], expected, rtol=0, atol=METRIC_ATOL)
+    assert math.isclose(clip["psnr"], np.mean(expected), abs_tol=METRIC_ATOL)
