@@ -55,3 +55,15 @@ def reference_graphs(tmp_path_factory):
         return folders[dcn]
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Lines that tests record as ``record_property("summary", ...)``: what CI should show
+    (e.g. which TensorRT headers the plugin was compiled against)."""
+    lines = [value for report in terminalreporter.stats.get("passed", [])
+             if report.when == "call"
+             for name, value in report.user_properties if name == "summary"]
+    if lines:
+        terminalreporter.section("recorded")
+        for line in lines:
+            terminalreporter.write_line(line)

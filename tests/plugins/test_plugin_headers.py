@@ -133,12 +133,12 @@ def report(built, exported_node):
     return json.loads(_harness(built, exported_node).stdout)
 
 
-def test_plugin_library_compiles_and_links_against_the_headers(built):
+def test_plugin_library_compiles_and_links_against_the_headers(built, record_property):
     version, library, _, configure, log = built
     assert f"TensorRT headers: {VENDOR / version / 'include'} ({version}.0)" in configure
     assert "-Werror" in log and "-Wl,--no-undefined" in log
-    print(f"compiled and linked against TensorRT {version} headers "
-          f"(-Wall -Wextra -Werror, -Wl,--no-undefined): {library}")
+    record_property("summary", f"plugin compiled and linked against the TensorRT {version}.0 "
+                               "headers (-Wall -Wextra -Werror, -Wl,--no-undefined)")
     needed = _run(["readelf", "-d", library]).stdout
     assert "libnvinfer" not in needed and "libcudart.so" not in needed  # static CUDA runtime
     exported = {line.split()[-1] for line in _run(["nm", "-D", "--defined-only", library])
