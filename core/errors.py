@@ -80,6 +80,10 @@ class DecodeError(SourceError):
         self.frames_read = frames_read
 
 
+class DamagedFramesError(SourceError):
+    """Frames the decoder marked corrupt (it concealed the damage), refused under --strict."""
+
+
 class SinkError(MediaError):
     """An output that cannot be written: it exists, is the input, its folder is not
     writable or is full, or the codec does not fit the container."""

@@ -133,20 +133,24 @@ def _fps(ctx, param, value: float | None) -> float | None:
 @click.option("--fps", type=float, callback=_fps,
               help="frame rate of an image-folder input [default: 25]")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUTPUT")
+@click.option("--strict", is_flag=True,
+              help="stop at frames decoded with errors (damage FFmpeg conceals), writing "
+                   "nothing [default: a note names them]")
 @click.option("--frames", type=click.IntRange(min=1),
               help="demo only: length of the synthetic clip [default: 8]")
 @click.pass_context
 @logging_options
 def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_dir,
          engines_dir, backend, device, precision, compile_steps, cuda_graphs, codec, crf,
-         window, overlap, batch_size, threads, fps, overwrite, quiet, frames) -> None:
+         window, overlap, batch_size, threads, fps, overwrite, strict, quiet,
+         frames) -> None:
     backend_config = BackendConfig(backend=backend, checkpoint=checkpoint, onnx_dir=onnx_dir,
                                    engines_dir=engines_dir, device=device,
                                    precision=precision, threads=threads,
                                    batch_size=batch_size, compile_steps=compile_steps,
                                    cuda_graphs=cuda_graphs)
     run_config = RunConfig(window=window, overlap=overlap, codec=codec, crf=crf, fps=fps,
-                           overwrite=overwrite, quiet=quiet)
+                           overwrite=overwrite, quiet=quiet, strict=strict)
     demo = str(input) == "demo"
     try:
         with _terminate_as_interrupt():
@@ -237,7 +241,7 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
     shard = Shard.from_env()
     if backend.device == "cuda" and shard.world_size > 1:
         backend = replace(backend, device=f"cuda:{shard.local_rank}")
-    runner = None
+    runner = fp32_runner = None
 
     def get_runner():
         nonlocal runner
@@ -249,9 +253,21 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
                  f"and read {config.overlap} more on each side", config.quiet)
         return runner
 
+    def get_fp32_runner():
+        """The same model in FP32, for windows that overflowed in FP16 (made once, if ever)."""
+        nonlocal fp32_runner
+        if fp32_runner is None:
+            from hirn.runtime.backends import create_runner
+
+            fp32_runner = create_runner(replace(backend, precision="fp32"))
+            info(f"{shard.label}computing again in FP32 with {fp32_runner.describe()}",
+                 config.quiet)
+        return fp32_runner
+
     def upscale_one(video: Path, out: Path, overwrite: bool = config.overwrite) -> None:
         stats = upscale_file(video, out, get_runner, replace(config, overwrite=overwrite),
-                             batch_size=backend.batch_size, label=shard.label)
+                             batch_size=backend.batch_size, label=shard.label,
+                             get_fp32_runner=get_fp32_runner)
         click.echo(shard.label + summary(stats.frames, stats.seconds, out))
 
     if input.is_dir() and is_batch(input):

@@ -20,13 +20,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import NonFiniteOutputError
+from hirn.core.errors import BackendError, DamagedFramesError, NonFiniteOutputError
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import upscale_clip
 from hirn.runtime.memory import check_window_fits
@@ -43,6 +43,7 @@ from hirn.runtime.windows import GOP_FRAMES, Window, check_window, iter_windows
 DEFAULT_WINDOW = 24
 DEFAULT_OVERLAP = 4
 _POLL = 0.1  # seconds between checks of the other thread while waiting on a queue
+_SHOWN_FRAMES = 5  # frame numbers listed in a message
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RunConfig:
     fps: float | None = None        # frame rate of an image-folder input (None: 25)
     overwrite: bool = False         # replace an existing output
     quiet: bool = False             # no progress bar and no information lines
+    strict: bool = False            # frames decoded with errors stop the run (else a note)
 
     def __post_init__(self):
         check_window(self.window, self.overlap)
@@ -63,12 +65,14 @@ class RunConfig:
 
 @dataclass
 class RunStats:
-    """What one run did: frames written, seconds (wall, and inside the model)."""
+    """What one run did: frames written, seconds (wall, and inside the model), and notes
+    about the output (the caller shows them)."""
 
     frames: int = 0
     seconds: float = 0.0
     model_seconds: float = 0.0
     windows: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def open_output(source: FrameSource, output: str | os.PathLike, config: RunConfig) -> FrameSink:
@@ -78,15 +82,17 @@ def open_output(source: FrameSource, output: str | os.PathLike, config: RunConfi
                      fps=source.fps, time_base=source.time_base, codec=config.codec,
                      crf=config.crf, audio_from=source, input_path=source.path,
                      sample_aspect_ratio=source.sample_aspect_ratio,
-                     overwrite=config.overwrite)
+                     overwrite=config.overwrite, colour=source.colour)
 
 
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
                  get_runner: Callable[[], Runner], config: RunConfig, *, batch_size: int = 4,
-                 label: str = "") -> RunStats:
+                 label: str = "", get_fp32_runner: Callable[[], Runner] | None = None
+                 ) -> RunStats:
     """Upscale one file or image folder into ``output``, with notes and a progress bar; the
-    runner is asked for only once the input and output are known good. The caller reports
-    the returned stats (see :func:`~hirn.runtime.progress.summary`)."""
+    runner is asked for only once the input and output are known good, ``get_fp32_runner``
+    only if a half-precision window must be computed again (see :func:`upscale`). The caller
+    reports the returned stats (see :func:`~hirn.runtime.progress.summary`)."""
     source = open_source(input, fps=config.fps)
     info(label + describe_input(source), config.quiet)
     if config.fps is not None and not Path(input).is_dir():
@@ -99,8 +105,9 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
         check_window_fits(runner, source.height, source.width, config.window, config.overlap,
                           batch_size, GOP_FRAMES, source.frame_count)
         with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
-            stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar)
-    for text in source.notes + sink.notes:
+            stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar,
+                            fp32_runner=get_fp32_runner)
+    for text in source.notes + sink.notes + stats.notes:
         if text not in shown:
             note(text)
     return stats
@@ -108,28 +115,34 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
 
 def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,
             batch_size: int = 4, progress: Callable[[int], None] | None = None,
-            on_frame: Callable[[np.ndarray], None] | None = None) -> RunStats:
+            on_frame: Callable[[np.ndarray], None] | None = None,
+            fp32_runner: Callable[[], Runner] | None = None) -> RunStats:
     """Upscale every frame of ``source`` into ``sink`` (which the caller closes or aborts).
 
     Args:
         batch_size: frames per call of the batchable graphs.
         progress: called with the number of frames just encoded (from the encoder thread).
         on_frame: called with each output frame ``[4H, 4W, 3]`` uint8 before it is encoded.
+        fp32_runner: makes the same model in FP32; called at most once, when a window that
+            ``runner`` computed in half precision holds NaN or Inf, to compute it again
+            (None: such a window stops the run, as one computed in FP32 always does).
     """
     stats = RunStats()
     began = time.perf_counter()
-    height, width = source.height, source.width
     ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
+    recompute = _Recompute(runner, fp32_runner)
     with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
         for window, items in iter_windows(frames, config.window, config.overlap, GOP_FRAMES):
-            images = np.stack([image for image, _ in items])
+            if config.strict:
+                _refuse_damaged(source, window)
+            images = pad_frames(to_float(np.stack([image for image, _ in items])))
             clock = time.perf_counter()
-            hr = upscale_clip(runner, pad_frames(to_float(images)), batch_size, window.keep)
+            hr = _upscale_window(runner, images, window, source, batch_size)
+            if not np.isfinite(hr).all():
+                hr = recompute(images, window, hr, source, batch_size)
             stats.model_seconds += time.perf_counter() - clock
-            cropped = crop_output(hr, height, width)
-            _check_finite(cropped, window, runner)
-            kept = to_uint8(cropped)
-            del hr, cropped
+            kept = to_uint8(hr)
+            del hr, images
             for image, (_, pts) in zip(kept, items[window.keep]):
                 if on_frame is not None:
                     on_frame(image)
@@ -138,23 +151,96 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
         writer.finish()
     stats.frames = sink.frames_written
     stats.seconds = time.perf_counter() - began
+    if recompute.frames:
+        stats.notes.append(
+            f"the model's output held NaN or Inf values in half precision (an overflow) in "
+            f"{_name_frames(recompute.frames)} (counted from 0): the windows holding them "
+            f"were computed again in FP32")
     return stats
 
 
-def _check_finite(hr: np.ndarray, window: Window, runner: Runner) -> None:
-    """Refuse a window whose output ``[T, 3, 4H, 4W]`` holds NaN or Inf: quantised, it would
-    be written as black or white frames without a word."""
-    if np.isfinite(hr).all():
-        return
+def _upscale_window(runner: Runner, images: np.ndarray, window: Window, source: FrameSource,
+                    batch_size: int) -> np.ndarray:
+    """The written frames of one window ``[T, 3, 4H, 4W]`` float32, not clamped, from its
+    padded frames ``images`` ``[N, 3, H', W']``."""
+    hr = upscale_clip(runner, images, batch_size, window.keep)
+    return crop_output(hr, source.height, source.width)
+
+
+class _Recompute:
+    """Computes a window again in FP32 when half precision overflowed; refuses a window
+    with NaN or Inf otherwise. The FP32 runner is made on first need, then kept."""
+
+    def __init__(self, runner: Runner, make_fp32: Callable[[], Runner] | None):
+        # Stand-ins for the model (tests, benchmarks) may pass no runner: FP32 then.
+        self._half = getattr(runner, "element_size", 4) == 2
+        self._make_fp32 = make_fp32
+        self._fp32: Runner | None = None
+        self.frames: list[int] = []  # output frames that held NaN or Inf in half precision
+
+    def __call__(self, images: np.ndarray, window: Window, hr: np.ndarray,
+                 source: FrameSource, batch_size: int) -> np.ndarray:
+        """The window's output ``hr`` (which holds NaN or Inf) computed again in FP32."""
+        if not self._half:
+            raise _non_finite(window, "the weights are probably damaged: not finite, or so "
+                                      "large that they overflow (a diverged training run?); "
+                                      "check or replace the checkpoint")
+        if self._make_fp32 is None:
+            raise _non_finite(window, "FP16 overflowed (run in FP32: --precision fp32, or "
+                                      "graphs exported in fp32), or the weights are damaged")
+        bad = np.flatnonzero(~np.isfinite(hr).reshape(len(hr), -1).all(axis=1))
+        fp32 = self._fp32_runner(window)
+        hr = _upscale_window(fp32, images, window, source, batch_size)
+        if not np.isfinite(hr).all():
+            raise _non_finite(window, "in FP32 too, so the weights are probably damaged "
+                                      "(not finite, or so large that they overflow); check "
+                                      "or replace them")
+        self.frames.extend(int(window.keep_start + i) for i in bad)
+        return hr
+
+    def _fp32_runner(self, window: Window) -> Runner:
+        if self._fp32 is None:
+            try:
+                fp32 = self._make_fp32()
+            except BackendError as error:
+                raise self._no_fp32(window) from error
+            if fp32.element_size != 4:  # the weights given exist in half precision only
+                raise self._no_fp32(window)
+            self._fp32 = fp32
+        return self._fp32
+
+    @staticmethod
+    def _no_fp32(window: Window) -> NonFiniteOutputError:
+        return _non_finite(window, "FP16 overflowed, and these weights have no FP32 graphs to "
+                                   "compute it again with: export FP32 graphs (hirn-export "
+                                   "onnx --precision fp32) and run those")
+
+
+def _non_finite(window: Window, cause: str) -> NonFiniteOutputError:
+    """The error for a window whose output holds NaN or Inf: quantised, it would be written
+    as black or white frames without a word."""
     frames = f"{window.keep_start}-{window.keep_stop - 1}"
-    if runner.element_size == 2:
-        cause = ("FP16 overflowed (run in FP32: --precision fp32, or graphs exported in "
-                 "fp32), or the weights are damaged")
-    else:
-        cause = ("the weights are probably damaged: not finite, or so large that they "
-                 "overflow (a diverged training run?); check or replace the checkpoint")
-    raise NonFiniteOutputError(f"the model's output for frames {frames} holds NaN or Inf "
-                               f"values: {cause}; nothing was written")
+    return NonFiniteOutputError(f"the model's output for frames {frames} holds NaN or Inf "
+                                f"values: {cause}; nothing was written")
+
+
+def _refuse_damaged(source: FrameSource, window: Window) -> None:
+    """Under --strict: stop before the model reads a frame the decoder marked corrupt."""
+    damaged = [i for i in list(source.damaged) if i < window.stop]
+    if damaged:
+        raise DamagedFramesError(
+            f"{source.path}: the decoder found errors in {_name_frames(damaged)} "
+            f"(counted from 0) and concealed them: the input is damaged or cut short; nothing "
+            f"was written (drop --strict to upscale it anyway, with a note naming those "
+            f"frames)")
+
+
+def _name_frames(frames: list[int]) -> str:
+    """``frame 3``, ``frames 3, 8, 9``, or the first few ``and N more``."""
+    shown = ", ".join(map(str, frames[:_SHOWN_FRAMES]))
+    hidden = len(frames) - _SHOWN_FRAMES
+    more = f" and {hidden} more" if hidden > 0 else ""
+    return f"{'frame' if len(frames) == 1 else 'frames'} {shown}{more}"
 
 
 @dataclass

@@ -12,14 +12,16 @@ untouched. The input is only ever opened for reading, and a sink refuses to writ
 
 Frames are ``[H, W, 3]`` uint8 RGB arrays. Inputs in gray, with alpha or with more than 8 bits
 are converted, and each conversion is said once in ``source.notes``. A single image file is
-refused (put it in a folder): a file must be a video.
+refused (put it in a folder): a file must be a video. A video's colour (matrix, range,
+primaries, transfer; guessed by size where untagged) is in ``source.colour``: a sink given it
+converts back with the same matrix and range and tags the output with all four.
 
 Example::
 
     source = open_source("clip.mp4")
     with open_sink("clip_x4.mp4", width=4 * source.width, height=4 * source.height,
                    fps=source.fps, time_base=source.time_base, audio_from=source,
-                   input_path=source.path) as sink:
+                   input_path=source.path, colour=source.colour) as sink:
         for image, pts in source:
             sink.write(upscale(image), pts)
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from hirn.core.errors import OutputExistsError, SinkError, SourceError
+from hirn.runtime.colour import Colour
 from hirn.runtime.video_reader import (
     IMAGE_SUFFIXES,
     Frame,
@@ -97,7 +100,8 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
               codec: str | None = None, crf: int | None = None,
               audio_from: FrameSource | str | os.PathLike | None = None,
               time_base: Fraction | None = None, sample_aspect_ratio: Fraction | None = None,
-              overwrite: bool = False, input_path: str | os.PathLike | None = None) -> FrameSink:
+              overwrite: bool = False, input_path: str | os.PathLike | None = None,
+              colour: Colour | None = None) -> FrameSink:
     """Open a video file or a PNG folder for writing; it appears only on a successful close().
 
     Args:
@@ -115,6 +119,9 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
         sample_aspect_ratio: pixel aspect ratio to record (the source's, for anamorphic video).
         overwrite: replace an existing output (a folder only if it holds nothing but PNGs).
         input_path: the input being read: refused as the output, like ``audio_from``.
+        colour: the source's ``colour``: a video is converted back to YUV with its matrix and
+            range and tagged with them, its primaries and transfer (default: BT.709 limited
+            range, primaries and transfer untagged); PNGs are RGB and carry no tags.
 
     Raises:
         SinkError: bad codec / container / size / crf, the output is an input, exists, or its
@@ -150,7 +157,8 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
             sink.notes.append("audio not written: a folder of PNGs holds no audio")
         return sink
     return VideoSink(path, temp, audio_from=audio_path, sample_aspect_ratio=sample_aspect_ratio,
-                     crf=DEFAULT_CRF if crf is None and codec != "ffv1" else crf, **common)
+                     crf=DEFAULT_CRF if crf is None and codec != "ffv1" else crf, colour=colour,
+                     **common)
 
 
 def _resolve_codec(path: Path, codec: str | None) -> str:

@@ -2,8 +2,9 @@
 
 Every frame comes out as ``[H, W, 3]`` uint8 RGB with its presentation timestamp; conversions
 needed to get there (gray, alpha, more than 8 bits) are done once per frame and said once in
-``notes``. Nothing is read ahead: iterating holds one decoded frame (plus the decoder's own
-reorder buffer), whatever the length of the input.
+``notes``. A video's YUV is converted with its own matrix and range (``colour``, for the
+sink to convert back with). Nothing is read ahead: iterating holds one decoded frame (plus the
+decoder's own reorder buffer), whatever the length of the input.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from hirn.core.errors import DecodeError, SourceError
 from hirn.core.files import natural_key
+from hirn.runtime.colour import Colour, read_colour
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".pnm")
@@ -52,7 +54,11 @@ class FrameSource:
         time_base: the unit of pts, in seconds.
         has_audio: whether the input has audio streams (pass it as a sink's ``audio_from``).
         sample_aspect_ratio: pixel aspect ratio when not square (anamorphic video), else None.
+        colour: the video's matrix, range, primaries and transfer (pass it to the sink);
+            None for image folders.
         notes: conversions done to reach 8-bit RGB, each said once.
+        damaged: frames (counted from 0) the decoder marked corrupt so far, its damage
+            concealed; filled while iterating.
     """
 
     path: Path
@@ -63,10 +69,12 @@ class FrameSource:
     time_base: Fraction
     has_audio: bool = False
     sample_aspect_ratio: Fraction | None = None
+    colour: Colour | None = None
 
     def __init__(self, path: Path):
         self.path = path
         self.notes: list[str] = []
+        self.damaged: list[int] = []
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -128,6 +136,7 @@ class VideoSource(FrameSource):
         self._turns = self._note_rotation(first.rotation)
         self.width, self.height = self._coded[::-1] if self._turns % 2 else self._coded
         self._note_format(first.format)
+        self._read_colour(first, stream)
         if first.interlaced_frame:
             self._note("the video is interlaced: its frames are taken as stored, not "
                        "deinterlaced")
@@ -165,6 +174,21 @@ class VideoSource(FrameSource):
         if bits > 8:
             self._note(f"{bits}-bit video ({fmt.name}) reduced to 8-bit")
 
+    def _read_colour(self, first, stream) -> None:
+        fmt = first.format
+        # RGB and gray frames have no matrix to undo (and swscale reads their own tags as
+        # before); a YUV one is converted with its tags, or the usual guess where it has none
+        self._yuv = not fmt.is_rgb and len([c for c in fmt.components if not c.is_alpha]) > 1
+        self.colour = read_colour(first, stream.codec_context, *self._coded)
+        if not self._yuv:
+            self.colour = Colour(primaries=self.colour.primaries, transfer=self.colour.transfer)
+        elif not self.colour.converts_exactly:
+            self._note(f"colour matrix {self.colour.matrix} has no converter here: BT.709 is "
+                       f"used to reach RGB and back, and the output keeps the original tag")
+        if self.colour.hdr:
+            self._note(f"HDR video ({self.colour.hdr}): processed in its coded values, no tone "
+                       f"mapping; the output keeps its colour tags")
+
     def __iter__(self) -> Iterator[Frame]:
         import av
 
@@ -176,7 +200,7 @@ class VideoSource(FrameSource):
             frames = container.decode(stream)
             step = max(1, round(1 / (self.fps * self.time_base)))
             last = None
-            damaged = []  # frames the decoder flags as corrupt (their damage concealed)
+            damaged = self.damaged = []  # read by the pipeline as it goes (for --strict)
             while True:
                 try:
                     frame = next(frames, None)
@@ -225,13 +249,17 @@ class VideoSource(FrameSource):
 
     def _to_rgb(self, frame) -> np.ndarray:
         width, height = self._coded
+        size = {}
         if (frame.width, frame.height) != (width, height):
             self._note(f"frames that change size mid-stream were scaled to {width}x{height}")
-            image = frame.to_ndarray(format="rgb24", width=width, height=height)
+            size = dict(width=width, height=height)
+        if self._yuv:
+            # the matrix and range read once from the first frame: the sink converts back with
+            # the same, and untagged HD video is not taken for BT.601 (swscale's default)
+            image = frame.to_ndarray(format="rgb24", src_colorspace=self.colour.swscale_matrix,
+                                     src_color_range=self.colour.range, **size)
         else:
-            # PyAV converts any pixel format (gray, yuv420p10le, rgba, ...) using the frame's
-            # own colour matrix and range tags
-            image = frame.to_ndarray(format="rgb24")
+            image = frame.to_ndarray(format="rgb24", **size)
         return np.ascontiguousarray(np.rot90(image, self._turns)) if self._turns else image
 
     def _check_length(self, read: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hirn.core.errors import OutputExistsError, SinkError, SourceError
+from hirn.runtime.colour import Colour
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 # codec name -> (FFmpeg encoder, pixel format); bgr0 keeps FFV1 lossless for RGB input
@@ -159,10 +160,15 @@ class FrameSink:
 
 
 class VideoSink(FrameSink):
-    """A video file: H.264 / H.265 (yuv420p, CRF) or lossless FFV1 (bgr0), audio copied in."""
+    """A video file: H.264 / H.265 (yuv420p, CRF) or lossless FFV1 (bgr0), audio copied in.
+
+    ``colour`` (the source's) decides the matrix and range of the RGB -> YUV conversion and the
+    output's colour tags; None: BT.709 limited range, primaries and transfer untagged.
+    """
 
     def __init__(self, path: Path, temp: Path, *, audio_from: Path | None,
-                 sample_aspect_ratio: Fraction | None, crf: int | None, **common):
+                 sample_aspect_ratio: Fraction | None, crf: int | None,
+                 colour: Colour | None = None, **common):
         super().__init__(path, temp, **common)
         import av
 
@@ -170,6 +176,7 @@ class VideoSink(FrameSink):
         self._container = None
         self._audio = None
         self._pix_fmt = pix_fmt
+        self.colour = colour or Colour()
         try:
             self._container = av.open(str(temp), "w", format=VIDEO_FORMATS[path.suffix.lower()])
             options = dict(ENCODER_OPTIONS.get(encoder, {}))
@@ -181,10 +188,7 @@ class VideoSink(FrameSink):
             ctx.time_base = self.time_base
             if encoder == "ffv1":
                 ctx.thread_type = "SLICE"  # its slices encode in parallel (x26x thread anyway)
-            if pix_fmt.startswith("yuv"):
-                # converted with the BT.709 matrix and tagged so: players assume BT.709 for
-                # HD sizes anyway, and the tag keeps them from guessing
-                ctx.colorspace, ctx.color_range = 1, 1  # AVCOL_SPC_BT709, AVCOL_RANGE_MPEG
+            self._tag(ctx)
             if sample_aspect_ratio:  # kept by H.264 / H.265 (FFV1 in matroska drops it)
                 stream.sample_aspect_ratio = ctx.sample_aspect_ratio = sample_aspect_ratio
             if encoder == "libx265" and path.suffix.lower() in (".mp4", ".mov"):
@@ -196,14 +200,26 @@ class VideoSink(FrameSink):
             self.abort()
             raise
 
+    def _tag(self, target) -> None:
+        """Write the colour tags on the codec context and on each frame (encoders read one or
+        the other)."""
+        colour = self.colour
+        if self._pix_fmt.startswith("yuv"):
+            # the matrix and range the frames are converted with: always tagged, so that a
+            # player never guesses (an SD source's BT.601 would be taken for BT.709 at 4x)
+            target.colorspace, target.color_range = colour.matrix, colour.range
+        # primaries and transfer describe the RGB values too (FFV1's bgr0 keeps them)
+        target.color_primaries, target.color_trc = colour.primaries, colour.transfer
+
     def _write(self, image: np.ndarray, pts: int) -> None:
         import av
-        from av.video.reformatter import ColorRange, Colorspace
 
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         if self._pix_fmt.startswith("yuv"):
-            frame = frame.reformat(format=self._pix_fmt, dst_colorspace=Colorspace.ITU709,
-                                   dst_color_range=ColorRange.MPEG)
+            frame = frame.reformat(format=self._pix_fmt,
+                                   dst_colorspace=self.colour.swscale_matrix,
+                                   dst_color_range=self.colour.range)
+        self._tag(frame)
         frame.pts, frame.time_base = pts, self.time_base
         self._container.mux(self._stream.encode(frame))
         if self._audio is not None:

@@ -22,15 +22,16 @@ import torch
 from click.testing import CliRunner
 from support import default_sigint, run_cli
 
+from hirn.core.errors import BackendError
 from hirn.core.schedule import make_plan
-from hirn.runtime import video_writer
+from hirn.runtime import backends, video_writer
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.batch import record_path
 from hirn.runtime.cli import EXIT_HUNG_UP, EXIT_INTERRUPTED, main
 from hirn.runtime.memory import WindowMemoryError, check_window_fits, plan_size, window_bytes
 from hirn.runtime.video import open_sink, open_source, read_frames
 from hirn.runtime.windows import GOP_FRAMES
-from hirn.train import HiRN, save_checkpoint
+from hirn.train import HiRN, load_model, save_checkpoint
 
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine
 SIGNAL_TIMEOUT_S = 120  # for the subprocesses stopped by a signal
@@ -120,6 +121,100 @@ def test_an_output_with_inf_or_nan_stops_the_run_and_writes_nothing(small_input,
     assert "nothing was written" in result.output
 
 
+class PoisonedRunner(TorchRunner):
+    """The FP32 torch runner posing as ``precision`` (FP16 overflow without a GPU): its
+    decode calls numbered in ``poisoned`` (counted from 0) put a NaN into the last frame
+    they return."""
+
+    def __init__(self, model: HiRN, poisoned, precision: str = "fp16"):
+        super().__init__(model)
+        self.precision, self.element_size = precision, 2 if precision == "fp16" else 4
+        self.poisoned, self.decodes = set(poisoned), 0
+
+    def _run_impl(self, graph, inputs):
+        output = super()._run_impl(graph, inputs)
+        if graph == "decode":
+            if self.decodes in self.poisoned:
+                output = output.clone()
+                output[-1, 0, 0, 0] = float("nan")
+            self.decodes += 1
+        return output
+
+
+def runner_factory(monkeypatch, fp16, fp32=None) -> list:
+    """``create_runner`` giving ``fp16(config)`` for --precision fp16, and ``fp32(config)``
+    (None: the real runner) otherwise; the list returned records each precision asked."""
+    asked, real = [], backends.create_runner
+
+    def create_runner(config):
+        asked.append(config.precision)
+        if config.precision == "fp16":
+            return fp16(config)
+        return real(config) if fp32 is None else fp32(config)
+
+    monkeypatch.setattr(backends, "create_runner", create_runner)
+    return asked
+
+
+def test_half_precision_windows_with_nan_are_computed_again_in_fp32(tmp_path, media,
+                                                                    tiny_checkpoint,
+                                                                    monkeypatch, one_thread):
+    """One window of six frames decoded two at a time: poisoning decode calls 0 and 2 puts
+    NaN into frames 1 and 5, and the window is computed again by an FP32 runner made then;
+    a run without NaN never makes one."""
+    video = media.write_video(tmp_path / "in.mp4", media.synthetic_frames(6))
+    args = ["--checkpoint", tiny_checkpoint, "--codec", "ffv1", "--batch-size", 2, *THREADS]
+    reference = invoke(video, "-o", tmp_path / "fp32.mkv", *args)
+    assert reference.exit_code == 0, reference.output
+    expected = read_frames(tmp_path / "fp32.mkv")
+    for poisoned in ((0, 2), ()):
+        asked = runner_factory(monkeypatch, lambda config, poisoned=poisoned: PoisonedRunner(
+            load_model(config.checkpoint), poisoned))
+        out = tmp_path / f"fp16-{len(poisoned)}.mkv"
+        result = invoke(video, "-o", out, "--precision", "fp16", *args)
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(read_frames(out), expected)
+        if poisoned:
+            assert asked == ["fp16", "fp32"]
+            assert "NaN or Inf values in half precision (an overflow) in frames 1, 5 (counted " \
+                   "from 0): the windows holding them were computed again in FP32" \
+                   in result.output
+        else:
+            assert asked == ["fp16"]  # made only when needed
+            assert "NaN" not in result.output
+
+
+def fp16_graphs_only(config):
+    """What ``create_runner`` does with ``precision="fp32"`` and an FP16 ONNX folder."""
+    raise BackendError(f"{config.checkpoint} holds fp16 graphs, not fp32")
+
+
+@pytest.mark.parametrize("fp32, message", [
+    (fp16_graphs_only,
+     "FP16 overflowed, and these weights have no FP32 graphs to compute it again with: export "
+     "FP32 graphs (hirn-export onnx --precision fp32) and run those"),
+    (lambda config: PoisonedRunner(load_model(config.checkpoint), ()),
+     "FP16 overflowed, and these weights have no FP32 graphs"),
+    (lambda config: PoisonedRunner(load_model(config.checkpoint), (0,), "fp32"),
+     "in FP32 too, so the weights are probably damaged")],
+    ids=["fp16-onnx-folder", "fp16-engines", "nan-in-fp32-too"])
+def test_half_precision_nan_without_a_finite_fp32_result_stops_the_run(fp32, message,
+                                                                       small_input,
+                                                                       tiny_checkpoint,
+                                                                       monkeypatch,
+                                                                       one_thread):
+    """An FP16 ONNX folder has no FP32 graphs; FP16 engines ignore the precision asked;
+    weights that overflow in FP32 as well are damaged."""
+    runner_factory(monkeypatch, lambda config: PoisonedRunner(load_model(config.checkpoint),
+                                                              (0,)), fp32)
+    before = names(small_input.parent)
+    result = invoke(small_input, "-o", small_input.parent / "out.mp4", "--checkpoint",
+                    tiny_checkpoint, "--precision", "fp16", *THREADS)
+    assert_clean_failure(result, "the model's output for frames 0-1 holds NaN or Inf values: "
+                         + message, small_input.parent, before)
+    assert "nothing was written" in result.output
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Damage the decoder conceals
 
@@ -140,6 +235,27 @@ def test_frames_decoded_with_errors_are_named_in_a_note(tmp_path, media, tiny_ch
     result = invoke(intact, "-o", tmp_path / "intact.mkv", "--checkpoint", tiny_checkpoint,
                     "--codec", "ffv1", *THREADS)
     assert result.exit_code == 0 and "decoded with errors" not in result.output
+
+
+def test_strict_stops_at_frames_decoded_with_errors_and_writes_nothing(tmp_path, media,
+                                                                       tiny_checkpoint,
+                                                                       one_thread):
+    stream = media.write_video(tmp_path / "whole.h264", media.synthetic_frames(10))
+    cut = tmp_path / "cut.h264"
+    cut.write_bytes(stream.read_bytes()[: stream.stat().st_size // 2])
+    source = open_source(cut)
+    count = sum(1 for _ in source)
+    assert source.damaged == [count - 1]  # the last frame, concealed
+    before = names(tmp_path)
+    result = invoke(cut, "-o", tmp_path / "out.mkv", "--checkpoint", tiny_checkpoint,
+                    "--codec", "ffv1", "--strict", *THREADS)
+    assert_clean_failure(result, f"cut.h264: the decoder found errors in frame {count - 1} "
+                                 f"(counted from 0) and concealed them", tmp_path, before)
+    assert "nothing was written (drop --strict to upscale it anyway" in result.output
+    intact = media.write_video(tmp_path / "intact.h264", media.synthetic_frames(2))
+    result = invoke(intact, "-o", tmp_path / "intact.mkv", "--checkpoint", tiny_checkpoint,
+                    "--codec", "ffv1", "--strict", *THREADS)
+    assert result.exit_code == 0, result.output
 
 
 # ---------------------------------------------------------------------------------------------
