@@ -42,13 +42,7 @@ RUN_TIMEOUT_S = 240      # one tiny training subprocess, start to exit
 POLL_S = 0.05            # how often the test looks at the run's log
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the subprocesses have (OMP_NUM_THREADS=1): same arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ LR_RTOL = 1e-12          # scheduler vs its closed form
 TORCHRUN_TIMEOUT_S = 300
 MIN_LOSS_DROP = 0.01     # relative: mean of the last two logged losses vs the first two
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run ~5x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
 
 
 def _logs(work_dir):
