@@ -107,3 +107,28 @@ def export_plugin_node(path: Path, c_in: int, groups: int, c_out: int, size: tup
     model = onnx.load(str(path))
     (node,) = [n for n in model.graph.node if n.op_type == PLUGIN_OP]
     return model, node
+
+
+def names(folder: Path) -> list[str]:
+    """Every name in ``folder``, hidden temporaries included."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def invoke(*args):
+    """Run hirn-run in this process; the result has exit_code, output and exception."""
+    from click.testing import CliRunner
+
+    from hirn.runtime.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean_failure(result, message: str, folder: Path, before: list[str],
+                         code: int = 1) -> None:
+    """Exit ``code`` with ``message`` in an error line, no traceback, and no new file."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+    assert message in result.output, result.output
+    assert result.output.startswith("Error: ") or "\nError: " in result.output
+    assert "Traceback" not in result.output
+    assert names(folder) == before

@@ -24,11 +24,18 @@ import numpy as np
 import pytest
 import torch
 import tqdm.std
-from click.testing import CliRunner
-from support import RUN_MAX_LEVELS, RUN_MIN_SHARE_WITHIN, default_sigint, run_cli
+from support import (
+    RUN_MAX_LEVELS,
+    RUN_MIN_SHARE_WITHIN,
+    assert_clean_failure,
+    default_sigint,
+    invoke,
+    names,
+    run_cli,
+)
 
 from hirn.export.onnx_export import export_onnx
-from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, main
+from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from hirn.runtime.progress import progress_bar
 from hirn.runtime.video import open_source, read_frames
 from hirn.train import load_model
@@ -44,10 +51,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def names(folder: Path) -> list[str]:
-    """Every name in ``folder``, hidden temporaries included."""
-    return sorted(p.name for p in folder.iterdir())
-
 
 def audio_seconds(path: Path) -> list[float]:
     """Duration of each audio stream, from its packets (MKV keeps no stream duration)."""
@@ -62,18 +65,6 @@ def audio_seconds(path: Path) -> list[float]:
         return spans
 
 
-def invoke(*args) -> object:
-    """Run hirn-run in this process; the result has exit_code, output and exception."""
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_failure(result, message: str, folder: Path, before: list[str]) -> None:
-    """Exit code 1 with ``message`` in the output, no traceback, and no new file."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
-    assert message in result.output, result.output
-    assert result.output.startswith("Error: ") or "\nError: " in result.output
-    assert names(folder) == before
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from support import default_sigint, run_cli
+from support import assert_clean_failure, default_sigint, invoke, names, run_cli
 
 from hirn.core.errors import BackendError
 from hirn.core.schedule import make_plan
 from hirn.runtime import backends, video_writer
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.batch import record_path
-from hirn.runtime.cli import EXIT_HUNG_UP, EXIT_INTERRUPTED, main
+from hirn.runtime.cli import EXIT_HUNG_UP, EXIT_INTERRUPTED
 from hirn.runtime.memory import WindowMemoryError, check_window_fits, plan_size, window_bytes
 from hirn.runtime.video import open_sink, open_source, read_frames
 from hirn.runtime.windows import GOP_FRAMES
@@ -38,24 +37,7 @@ SIGNAL_TIMEOUT_S = 120  # for the subprocesses stopped by a signal
 ADVICE_SECONDS = 2.0  # the memory advice for any window answers within this
 
 
-def names(folder: Path) -> list[str]:
-    """Every name in ``folder``, hidden files included."""
-    return sorted(p.name for p in folder.iterdir())
 
-
-def invoke(*args) -> object:
-    """Run hirn-run in this process; the result has exit_code, output and exception."""
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_failure(result, message: str, folder: Path, before: list[str],
-                         code: int = 1) -> None:
-    """Exit ``code`` with ``message`` in the output, no traceback, and no new file."""
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
-    assert message in result.output, result.output
-    assert "Traceback" not in result.output
-    assert names(folder) == before
 
 
 def start(args: list, **options) -> subprocess.Popen:
