@@ -580,27 +580,26 @@ int main(int argc, char** argv)
     auto tryFormats = [&](std::string const& name, Io io2) {
         formats.push_back(quote(name) + ": " + std::to_string(refusedAt(p.build, io2)));
     };
-    Io all32 = io;
-    all32.features = all32.offset = all32.mask = all32.weight = all32.output = DataType::kFLOAT;
+    // A case: ``base`` with the named tensors set to ``type``.
+    using Field = DataType Io::*;
+    auto with = [](Io base, std::initializer_list<Field> fields, DataType type) {
+        for (Field field : fields)
+        {
+            base.*field = type;
+        }
+        return base;
+    };
+    std::initializer_list<Field> const every{&Io::features, &Io::offset, &Io::mask, &Io::weight, &Io::output};
+    Io const all32 = with(io, every, DataType::kFLOAT);
     tryFormats("fp32", all32);
     tryFormats("fp16", io);
-    Io fp32Positions = io;
-    fp32Positions.offset = DataType::kFLOAT;
-    tryFormats("fp16_fp32_offset", fp32Positions);
-    fp32Positions.mask = DataType::kFLOAT;
+    tryFormats("fp16_fp32_offset", with(io, {&Io::offset}, DataType::kFLOAT));
+    Io const fp32Positions = with(io, {&Io::offset, &Io::mask}, DataType::kFLOAT);
     tryFormats("fp16_fp32_offset_mask", fp32Positions);
-    Io halfOffsetOfFloat = all32;
-    halfOffsetOfFloat.offset = DataType::kHALF;
-    tryFormats("fp32_fp16_offset", halfOffsetOfFloat);
-    Io floatWeight = io;
-    floatWeight.weight = DataType::kFLOAT;
-    tryFormats("fp16_fp32_weight", floatWeight);
-    Io floatOutput = io;
-    floatOutput.output = DataType::kFLOAT;
-    tryFormats("fp16_fp32_output", floatOutput);
-    Io bf16 = io;
-    bf16.features = bf16.offset = bf16.mask = bf16.weight = bf16.output = DataType::kBF16;
-    tryFormats("bf16", bf16);
+    tryFormats("fp32_fp16_offset", with(all32, {&Io::offset}, DataType::kHALF));
+    tryFormats("fp16_fp32_weight", with(io, {&Io::weight}, DataType::kFLOAT));
+    tryFormats("fp16_fp32_output", with(io, {&Io::output}, DataType::kFLOAT));
+    tryFormats("bf16", with(io, every, DataType::kBF16));
     Io hwc8 = io;
     hwc8.format = TensorFormat::kHWC8;
     tryFormats("fp16_hwc8", hwc8);
