@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import export_plugin_node
+from support import SHARED, export_plugin_node
 
 from hirn.plugins import loader
 
-VENDOR = Path(__file__).resolve().parents[3] / "shared" / "vendor" / "tensorrt"
+VENDOR = SHARED / "vendor" / "tensorrt"
 VERSIONS = ("10.16", "11.1")
 HARNESS = Path(__file__).with_name("plugin_harness.cpp")
 PLUGINS = loader.KERNEL_DIR.parent
