@@ -10,4 +10,5 @@ SIZE_MULTIPLE = 2    # LR sides must be even: SpyNet's pyramid halves them
 # accuracy in half precision (sampling grids at high resolution).
 FP32_GRAPHS = ("flow", "compose")
 
-PRECISIONS = ("fp32", "fp16")
+# fp16: features in float16 (GPUs); bf16: features in bfloat16 (CPUs that compute it natively)
+PRECISIONS = ("fp32", "fp16", "bf16")

@@ -103,8 +103,16 @@ class OutputExistsError(SinkError):
         self.path, self.why = path, why
 
 
+class ResumeError(MediaError):
+    """A work folder of --resume made for another input or other options, or damaged."""
+
+
 class WindowMemoryError(MediaError):
     """A window of the requested size cannot fit in the memory this run has."""
+
+
+class TileError(HirnError, ValueError):
+    """A ``--tile`` size or ``--tile-overlap`` the network cannot run."""
 
 
 class NonFiniteOutputError(HirnError):

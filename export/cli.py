@@ -39,7 +39,9 @@ def main() -> None:
 @logging_options
 def onnx(checkpoint: Path, output: Path, dcn: str, precision: str, opset: int,
          param_key: str | None, overwrite: bool, quiet: bool) -> None:
-    """Write the per-step graphs of CHECKPOINT into a new folder."""
+    """Write the per-step graphs of CHECKPOINT (a .pth, or 'default' for the built-in
+    weights) into a new folder."""
+    from hirn.core.default_weights import resolve_checkpoint
     from hirn.train import load_model
 
     from .onnx_export import ExportOptions, export_onnx
@@ -48,6 +50,7 @@ def onnx(checkpoint: Path, output: Path, dcn: str, precision: str, opset: int,
         options = ExportOptions(dcn=dcn, precision=precision, opset=opset, overwrite=overwrite)
         if output.exists() and not overwrite:
             raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
+        checkpoint = resolve_checkpoint(checkpoint)
         model = load_model(checkpoint, param_key=param_key)
         manifest = export_onnx(checkpoint, output, options, model=model,
                                progress=lambda name: logger.info("  exporting %s", name))

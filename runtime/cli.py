@@ -33,10 +33,12 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
+from hirn.core.constants import PRECISIONS  # noqa: E402
 from hirn.core.errors import HirnError, OutputExistsError  # noqa: E402
 from hirn.core.logs import logging_options  # noqa: E402
 from hirn.runtime.backends.base import BACKENDS, BackendConfig  # noqa: E402
 from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig  # noqa: E402
+from hirn.runtime.tiles import DEFAULT_TILE_OVERLAP, parse_tile  # noqa: E402
 from hirn.runtime.video_writer import CODECS, DEFAULT_CRF  # noqa: E402
 
 # --fps, frames/s: image folders keep their rate to 1/1001, so slower rates would round to
@@ -60,25 +62,50 @@ output's name is upscaled again), and under torchrun --nproc-per-node N each
 process takes every N-th file.
 
 OUTPUT is a .mp4, .mkv or .mov video (H.264 unless --codec says otherwise), with
-the input's audio, frame rate and timestamps, or a path without extension for a
-folder of PNGs. It appears only when complete; the input is never touched.
+the input's frame rate and timestamps, audio, subtitles, chapters, attachments and
+tags (a note names what the container cannot hold), or a path without extension
+for a folder of PNGs. It appears only when complete; the input is never touched.
+Above 8 bits per sample the output keeps the input's bits (H.265 Main10 by
+default, FFV1 and PNG at 16 bits); --pix-fmt chooses another format.
+
+INPUT - reads a YUV4MPEG2 stream on standard input and -o - writes one on
+standard output (notes, progress and the summary go to standard error):
+
+\b
+  ffmpeg -i in.mkv -f yuv4mpegpipe - | hirn-run - -o - | ffmpeg -i - out.mkv
 
 Long videos run in windows of --window frames, each reading --overlap more
 frames on either side as context (and at least 16 frames in all, the length of
 HiRN's groups). Memory is bounded by the window, not by the length of the video:
 it grows with the frames a window reads and their size (measured in
-benchmarks/results/window_memory.md). A window whose held features and decode
-batch alone exceed the free memory (of the GPU, or of this machine) is refused
-before any work, with the --batch-size or --window that fits. With the defaults
+benchmarks/results/window_memory.md): each feature map is dropped after its last
+reader, so a window frame holds about one map until its decode. A window whose
+peak (counted from the same order) exceeds the free memory (of the GPU, or of
+this machine) is refused before any work, with the --batch-size or --window
+that fits. With the defaults
 ({DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames) the output stays close to processing the whole
 clip at once (benchmarks/results/windowing.md).
+
+Frames too large for even one window (4K on a small GPU, 1080p on a small CPU
+machine) run in spatial tiles (--tile, LR pixels), each through the whole model,
+blended over --tile-overlap pixels; with --tile auto that happens only when a
+window does not fit, and an information line names the tile grid
+(benchmarks/results/tile_quality.md measures what tiles cost).
 """
 
 
 def _device(ctx, param, value: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
-        raise click.BadParameter(f"{value!r} is not a device: use cpu, cuda or cuda:N")
+    if not re.fullmatch(r"cpu|(cuda|gpu)(:\d+)?", value):
+        raise click.BadParameter(f"{value!r} is not a device: use cpu, cuda or cuda:N "
+                                 f"(NVIDIA), gpu or gpu:N (Intel graphics, openvino)")
     return value
+
+
+def _tile(ctx, param, value: str):
+    try:
+        return parse_tile(value)
+    except HirnError as error:
+        raise click.BadParameter(str(error)) from error
 
 
 def _fps(ctx, param, value: float | None) -> float | None:
@@ -102,16 +129,19 @@ def _fps(ctx, param, value: float | None) -> float | None:
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="HiRN weights (.pth) for the torch backend")
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path),
-              help="a folder from hirn-export onnx, for the onnxruntime backend")
+              help="a folder from hirn-export onnx, for the openvino (default on the CPU) "
+                   "or onnxruntime backend")
 @click.option("--engines", "engines_dir", type=click.Path(path_type=Path),
               help="a folder of TensorRT engines, for the tensorrt backend")
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="default: the one that runs the weights given")
 @click.option("--device", default="cpu", show_default=True, callback=_device,
-              help="cpu, cuda or cuda:N")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]),
-              help="torch backend: fp16 features, fp32 flows (CUDA) [default: fp32]; an "
-                   "ONNX folder runs in the precision it was exported in")
+              help="cpu, cuda or cuda:N (NVIDIA), gpu or gpu:N (Intel graphics, openvino)")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="features in fp16 (CUDA, Intel GPUs) or bf16 (CPUs that compute it "
+                   "natively), flows in fp32 [default on the CPU: bf16 where the CPU has it "
+                   "(torch, openvino), else fp32]; onnxruntime runs an ONNX folder in the "
+                   "precision it was exported in")
 @click.option("--compile", "compile_steps", is_flag=True,
               help="torch backend: compile the step modules with torch.compile (a long "
                    "warm-up, for long videos on a GPU; benchmarks/results/torch_backend_cpu.md)")
@@ -121,11 +151,21 @@ def _fps(ctx, param, value: float | None) -> float | None:
 @click.option("--codec", type=click.Choice(CODECS),
               help="default: h264 for a video, png for a folder; ffv1 is lossless (.mkv)")
 @click.option("--crf", type=click.IntRange(0, 51),
-              help=f"h264/h265 quality, lower is better [default: {DEFAULT_CRF}]")
+              help=f"h264/h265 quality, lower is better, 0 is lossless [default: {DEFAULT_CRF}]")
+@click.option("--pix-fmt", "pix_fmt",
+              help="output pixel format, FFmpeg's name (e.g. yuv420p10le, yuv444p, gbrp16le, "
+                   "rgb48be for 16-bit PNGs) [default: 8 bits, or above 8 bits what the "
+                   "input has: H.265 yuv420p10le, FFV1 gbrp16le, PNG rgb48be; a pipe: the "
+                   "input's]")
 @click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW,
               show_default=True, help="frames written per window")
 @click.option("--overlap", type=click.IntRange(min=0), default=DEFAULT_OVERLAP,
               show_default=True, help="frames of context read on each side of a window")
+@click.option("--tile", default="auto", show_default=True, callback=_tile,
+              help="spatial tiles, HxW in LR pixels (e.g. 256x320): auto (only when a window "
+                   "does not fit in memory) or none")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=DEFAULT_TILE_OVERLAP,
+              show_default=True, help="LR pixels neighbouring tiles share, blended")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="frames per call of the batchable graphs (encode, flow, decode)")
 @click.option("--threads", type=click.IntRange(min=1),
@@ -136,31 +176,40 @@ def _fps(ctx, param, value: float | None) -> float | None:
 @click.option("--strict", is_flag=True,
               help="stop at frames decoded with errors (damage FFmpeg conceals), writing "
                    "nothing [default: a note names them]")
+@click.option("--resume", is_flag=True,
+              help="keep each finished window in a hidden folder beside OUTPUT "
+                   "(.NAME.resume/); the same command run again after a stop continues "
+                   "from the first unfinished window")
 @click.option("--frames", type=click.IntRange(min=1),
               help="demo only: length of the synthetic clip [default: 8]")
 @click.pass_context
 @logging_options
 def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_dir,
          engines_dir, backend, device, precision, compile_steps, cuda_graphs, codec, crf,
-         window, overlap, batch_size, threads, fps, overwrite, strict, quiet,
-         frames) -> None:
+         pix_fmt, window, overlap, tile, tile_overlap, batch_size, threads, fps, overwrite, strict,
+         resume, quiet, frames) -> None:
     backend_config = BackendConfig(backend=backend, checkpoint=checkpoint, onnx_dir=onnx_dir,
                                    engines_dir=engines_dir, device=device,
                                    precision=precision, threads=threads,
                                    batch_size=batch_size, compile_steps=compile_steps,
                                    cuda_graphs=cuda_graphs)
-    run_config = RunConfig(window=window, overlap=overlap, codec=codec, crf=crf, fps=fps,
-                           overwrite=overwrite, quiet=quiet, strict=strict)
+    try:
+        run_config = RunConfig(window=window, overlap=overlap, codec=codec, crf=crf, fps=fps,
+                               overwrite=overwrite, quiet=quiet, strict=strict, tile=tile,
+                               tile_overlap=tile_overlap, resume=resume, pix_fmt=pix_fmt)
+    except HirnError as error:  # a tile size or overlap that cannot run
+        raise click.UsageError(str(error)) from error
     demo = str(input) == "demo"
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _frames_to_stdout(output, demo):
             _dispatch(input, output, backend_config, run_config, demo, frames, quiet)
     except KeyboardInterrupt as stop:
         said, code = ((stop.said, stop.exit_code) if isinstance(stop, Terminated)
                       else ("interrupted (Ctrl-C)", EXIT_INTERRUPTED))
-        click.echo(f"\n{said}: the output being written was removed (finished outputs of a "
-                   f"batch are kept: run the same command again to go on); the input is "
-                   f"untouched", err=True)
+        kept = ("finished windows are kept beside the output (--resume)" if run_config.resume
+                else "finished outputs of a batch are kept")
+        click.echo(f"\n{said}: the output being written was removed ({kept}: run the same "
+                   f"command again to go on); the input is untouched", err=True)
         ctx.exit(code)
     except OutputExistsError as error:
         raise click.ClickException(f"{error.path} {error.why}: pass --overwrite to replace "
@@ -207,12 +256,26 @@ def _terminate_as_interrupt():
             signal.signal(stop, action)
 
 
+def _frames_to_stdout(output: Path | None, demo: bool):
+    """With ``-o -``, standard output carries the Y4M stream only: anything else printed
+    (the summary, a library's messages) goes to standard error."""
+    from contextlib import nullcontext
+
+    from hirn.runtime import y4m
+
+    return y4m.frames_to_stdout() if output is not None and y4m.is_pipe(output) and not demo \
+        else nullcontext()
+
+
 def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
               run_config: RunConfig, demo: bool, frames: int | None, quiet: bool) -> None:
     """The demo, a batch folder, or one input."""
     if frames is not None and not demo:
         raise click.UsageError("--frames applies to hirn-run demo only")
-    backend_config = _resolve(backend_config)
+    if run_config.resume and (demo or "-" in (str(input), str(output))):
+        raise click.UsageError("--resume needs an input file and an output path (not the "
+                               "demo, not a pipe): its segments are kept beside the output")
+    backend_config = _resolve(backend_config, quiet)
     if demo:
         from hirn.runtime.demo import run_demo
 
@@ -223,17 +286,24 @@ def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
         _run(input, output, backend_config, run_config)
 
 
-def _resolve(config: BackendConfig) -> BackendConfig:
-    """The backend inferred from the weights given; the backend checks its own options when
-    its runner is made (``create_runner``)."""
+def _resolve(config: BackendConfig, quiet: bool = False) -> BackendConfig:
+    """The backend inferred from the weights given, and on the CPU the fastest path where
+    backend or precision were left open (an information line says which); the backend
+    checks its own options when its runner is made (``create_runner``)."""
+    from hirn.runtime.backends import fastest_cpu_path
+    from hirn.runtime.progress import info
     from hirn.runtime.weights import infer_backend
 
-    return infer_backend(config)
+    config, path = fastest_cpu_path(infer_backend(config), config.backend is not None)
+    if path:
+        info(f"CPU path: {path}", quiet)
+    return config
 
 
 def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -> None:
     """One input, or a batch folder shared out among torchrun's processes."""
     from hirn.core.errors import BatchError
+    from hirn.runtime import resume
     from hirn.runtime.batch import Shard, is_batch, run_batch
     from hirn.runtime.pipeline import upscale_file
     from hirn.runtime.progress import info, summary
@@ -264,13 +334,18 @@ def _run(input: Path, output: Path, backend: BackendConfig, config: RunConfig) -
                  config.quiet)
         return fp32_runner
 
+    model = resume.model_identity(backend) if config.resume else None
+
     def upscale_one(video: Path, out: Path, overwrite: bool = config.overwrite) -> None:
         stats = upscale_file(video, out, get_runner, replace(config, overwrite=overwrite),
                              batch_size=backend.batch_size, label=shard.label,
-                             get_fp32_runner=get_fp32_runner)
+                             get_fp32_runner=get_fp32_runner, model=model)
         click.echo(shard.label + summary(stats.frames, stats.seconds, out))
 
-    if input.is_dir() and is_batch(input):
+    if str(input) != "-" and input.is_dir() and is_batch(input):
+        if str(output) == "-":
+            raise click.UsageError(f"{input} is a folder of videos: -o - takes one input "
+                                   f"(a video, a folder of images, or - for a Y4M pipe)")
         report = run_batch(input, output, config.codec, config.overwrite, shard, upscale_one)
         click.echo(report.line(shard))
         if report.failed:

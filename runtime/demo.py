@@ -4,13 +4,12 @@ It draws a short clip (a textured background panning behind moving shapes and te
 shrinks it 4x with MATLAB's bicubic ``imresize`` (the degradation HiRN is trained for),
 writes those frames as the input, upscales them through the same pipeline as ``hirn-run
 INPUT -o OUTPUT`` and compares bicubic and HiRN with the original. Without ``--checkpoint``
-the weights are the published architecture with random (seeded) weights: the result shows
-the pipeline working, not what HiRN can do, and the demo says so.
+(or ``--onnx``/``--engines``) it uses the built-in default weights
+(:mod:`hirn.core.default_weights`), as ``hirn-run`` does.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -27,10 +26,6 @@ HR_SIZE = (256, 320)  # height, width of the original; the input is 64x80 (quick
 FPS = 12
 INPUT_NAME, OUTPUT_NAME, SIDE_BY_SIDE = "input", "upscaled.mp4", "side_by_side.png"
 PAN = (3, 5)  # pixels per frame the background moves (down, right)
-UNTRAINED = ("the demo weights are UNTRAINED (random, seed 0): the HiRN result below is not "
-             "meaningful, it only shows that the pipeline works. For real results pass "
-             "trained weights: hirn-run demo --checkpoint WEIGHTS.pth, or hirn-run VIDEO -o "
-             "OUT.mp4 --checkpoint WEIGHTS.pth")
 
 
 def synthetic_clip(frames: int = DEMO_FRAMES, size: tuple[int, int] = HR_SIZE,
@@ -105,6 +100,7 @@ def run_demo(folder: Path, backend: BackendConfig, frames: int | None = None,
     import cv2
 
     from hirn.runtime.backends import create_runner
+    from hirn.runtime.weights import infer_backend
     from hirn.train.metrics import psnr
 
     frames = frames or DEMO_FRAMES
@@ -117,14 +113,11 @@ def run_demo(folder: Path, backend: BackendConfig, frames: int | None = None,
                    overwrite=True) as sink:
         for image in lr:
             sink.write(image)
-    untrained = backend.weights is None  # no checkpoint, ONNX folder or engines given
     info(f"hirn-run demo: {frames} synthetic frames, {width}x{height} -> "
          f"{SCALE * width}x{SCALE * height}", quiet)
-    runner = create_runner(replace(backend, allow_untrained=True))
-    info(f"weights: {'untrained, seed 0' if untrained else backend.weights}"
-         f"; {runner.describe()}", quiet)
-    if untrained:
-        click.echo(f"NOTE: {UNTRAINED}")
+    backend = infer_backend(backend)  # the default weights where none are given
+    runner = create_runner(backend)
+    info(f"weights: {backend.weights}; {runner.describe()}", quiet)
 
     source = open_source(folder / INPUT_NAME, fps=FPS)
     config = RunConfig(codec="h264", overwrite=True, quiet=quiet)
@@ -139,11 +132,11 @@ def run_demo(folder: Path, backend: BackendConfig, frames: int | None = None,
               "hirn": float(np.mean([psnr(h, o) for h, o in zip(hirn, original)]))}
     middle = frames // 2
     picture = side_by_side([baseline[middle], hirn[middle], original[middle]],
-                           ["bicubic", "HiRN (untrained)" if untrained else "HiRN", "original"])
+                           ["bicubic", "HiRN", "original"])
     cv2.imwrite(str(folder / SIDE_BY_SIDE), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     click.echo(f"PSNR against the original (RGB, mean of {frames} frames): bicubic "
-               f"{scores['bicubic']:.2f} dB, HiRN{' (untrained)' if untrained else ''} "
-               f"{scores['hirn']:.2f} dB")
+               f"{scores['bicubic']:.2f} dB, HiRN {scores['hirn']:.2f} dB "
+               f"({scores['hirn'] - scores['bicubic']:+.2f} dB)")
     click.echo(f"wrote {folder / OUTPUT_NAME} (the x4 video), {folder / SIDE_BY_SIDE} "
                f"(bicubic | HiRN | original, frame {middle}) and {folder / INPUT_NAME}/ "
                f"(the {width}x{height} input frames)")

@@ -1,15 +1,17 @@
-"""Upscale a clip with any backend: batched encode and flow, the recurrence, batched decode."""
+"""Upscale a clip with any backend: batched encode and flow, the recurrence, batched decode,
+in the order of :mod:`hirn.core.liveness`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from hirn.core.constants import SCALE
 from hirn.core.graphs import step_graph_name
+from hirn.core.liveness import make_schedule
 from hirn.core.recurrence import walk
-from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
+from hirn.core.schedule import SPATIAL, FeatureRef, FlowRef, mirrored
 
 from .backends.base import Runner
 
@@ -25,46 +27,91 @@ def is_mirror_extended(frames: np.ndarray) -> bool:
 
 
 def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
-                 keep: slice = slice(None)) -> np.ndarray:
-    """Run the whole model on one clip.
+                 keep: slice = slice(None),
+                 on_output: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray | None:
+    """Run the whole model on one clip, in the order of :mod:`hirn.core.liveness`.
+
+    Frames wait in host memory and go to the device per call. The backward branch runs
+    over the clip first; then the other branches and the decode go a group of pictures at
+    a time, and every feature map, flow and chain is dropped after its last reader (the
+    spatial maps are encoded again, by the same batches, rather than kept).
 
     Args:
         runner: the backend.
         frames: ``[T, 3, H, W]`` float32 RGB in [0, 1]; H and W even, >= 64.
         batch_size: frames per call of the batchable graphs (encode, flow, decode).
         keep: the frames to decode (a window's written frames); the others are context
-            only, so their HR output (the costliest graph) is never computed.
+            only, so their HR output (the costliest graph) is never computed, nor the steps
+            that only it reads.
+        on_output: ``(index, hr)`` for each decoded batch ``[B, 3, 4H, 4W]`` float32, its
+            first frame being ``index`` in ``keep``; the output is then not held here.
 
     Returns:
-        ``[len(keep), 3, 4H, 4W]`` float32, not clamped.
+        ``[len(keep), 3, 4H, 4W]`` float32, not clamped (None with ``on_output``).
     """
     t, _, h, w = frames.shape
-    plan = make_plan(t)
-    lq = [runner.from_numpy(frames[i:i + 1]) for i in range(t)]
+    kept = list(range(t))[keep]
+    schedule = make_schedule(t, tuple(kept), batch_size, encode_batch=batch_size)
 
-    features: dict[FeatureRef, object] = {}
-    for batch in _batches(list(range(t)), batch_size):
-        spatial = runner.run("encode", runner.concat([lq[i] for i in batch]))
-        for i, feature in zip(batch, runner.split(spatial)):
-            features[FeatureRef(SPATIAL, i)] = feature
+    def lq(indices: tuple[int, ...]) -> object:
+        first = indices[0]
+        if indices == tuple(range(first, first + len(indices))):
+            return runner.from_numpy(frames[first:first + len(indices)])  # a view: no copy
+        return runner.from_numpy(frames[list(indices)])
 
-    flows = _compute_flows(runner, lq, plan.flows(), is_mirror_extended(frames), batch_size)
+    out = None
+    if on_output is None:
+        out = np.empty((len(kept), 3, SCALE * h, SCALE * w), np.float32)
+    position = {frame: n for n, frame in enumerate(kept)}
+
+    def decode(batch: tuple[int, ...], maps: list[list]) -> None:
+        inputs = [lq(batch)] + [runner.concat([m[k] for m in maps]) for k in range(len(maps[0]))]
+        hr = runner.to_numpy(runner.run("decode", *inputs))
+        first = position[batch[0]]
+        if on_output is None:
+            out[first:first + len(batch)] = hr
+        else:
+            on_output(first, hr)
+
+    # The plan's flows in the usual batches (the same bits), then only those still read.
+    flows = _compute_flows(runner, lq, t, schedule.plan.flows(), is_mirror_extended(frames),
+                           batch_size)
+    flows = {f: flows[f] for f in schedule.flows()}
     zero_feature = runner.zeros("feature", 1, h, w)
-    walk(plan, features, flows,
+    walk(schedule.plan, {}, flows,
          run_step=lambda step, inputs: runner.run(_graph_of(step), *inputs),
          compose=lambda a, b: runner.run("compose", a, b),
-         zero_feature=zero_feature, zero_flow=runner.zeros("flow", 1, h, w))
+         zero_feature=zero_feature, zero_flow=runner.zeros("flow", 1, h, w),
+         schedule=schedule,
+         encode=lambda batch: runner.split(runner.run("encode", lq(batch))),
+         decode=decode)
+    return out
 
-    outputs = []
+
+def upscale_clip_in_plan_order(runner: Runner, frames: np.ndarray, batch_size: int = 4,
+                               keep: slice = slice(None)) -> np.ndarray:
+    """:func:`upscale_clip` as it ran before the liveness order: encode all, flow all, walk
+    the plan in its own order keeping every map, then decode. The same output to the bit;
+    kept as the baseline of ``benchmarks/window_memory.py`` and of the tests."""
+    t, _, h, w = frames.shape
+    plan = make_schedule(t).plan
+    features = {}
+    for batch in _batches(list(range(t)), batch_size):
+        maps = runner.split(runner.run("encode", runner.from_numpy(frames[batch[0]:batch[-1] + 1])))
+        features.update({FeatureRef(SPATIAL, i): m for i, m in zip(batch, maps)})
+    flows = _compute_flows(runner, lambda fs: runner.from_numpy(frames[list(fs)]), t,
+                           plan.flows(), is_mirror_extended(frames), batch_size)
+    zero = runner.zeros("feature", 1, h, w)
+    walk(plan, features, flows, run_step=lambda s, x: runner.run(_graph_of(s), *x),
+         compose=lambda a, b: runner.run("compose", a, b), zero_feature=zero,
+         zero_flow=runner.zeros("flow", 1, h, w))
+    outputs = [np.zeros((0, 3, SCALE * h, SCALE * w), np.float32)]
     for batch in _batches(list(range(t))[keep], batch_size):
-        per_frame = [plan.decode_inputs(i) for i in batch]
-        inputs = [runner.concat([lq[i] for i in batch])]
-        for k in range(1 + len(BRANCHES)):
-            inputs.append(runner.concat([zero_feature if refs[k] is None else features[refs[k]]
-                                         for refs in per_frame]))
+        maps = [[zero if r is None else features[r] for r in plan.decode_inputs(i)]
+                for i in batch]
+        inputs = [runner.from_numpy(frames[batch[0]:batch[-1] + 1])]
+        inputs += [runner.concat([m[k] for m in maps]) for k in range(len(maps[0]))]
         outputs.append(runner.to_numpy(runner.run("decode", *inputs)))
-    if not outputs:
-        return np.zeros((0, 3, SCALE * h, SCALE * w), np.float32)
     return np.concatenate(outputs, axis=0)
 
 
@@ -72,16 +119,17 @@ def _graph_of(step) -> str:
     return step_graph_name(step.branch, step.aligned)
 
 
-def _compute_flows(runner: Runner, lq: list, needed: tuple[FlowRef, ...], mirror: bool,
+def _compute_flows(runner: Runner, lq: Callable[[tuple[int, ...]], object], num_frames: int,
+                   needed: tuple[FlowRef, ...], mirror: bool,
                    batch_size: int) -> dict[FlowRef, object]:
-    """Every flow the plan reads, batched; a mirrored clip reuses its backward flows."""
-    num_frames = len(lq)
+    """Every flow the plan reads, batched; a mirrored clip reuses its backward flows.
+    ``lq(frames)`` puts those frames on the device."""
     source = {f: (mirrored(f, num_frames) if mirror else f) for f in needed}
     unique = sorted(set(source.values()))
     computed = {}
     for batch in _batches(unique, batch_size):
-        refs = runner.concat([lq[f.frames()[0]] for f in batch])
-        supps = runner.concat([lq[f.frames()[1]] for f in batch])
+        refs = lq(tuple(f.frames()[0] for f in batch))
+        supps = lq(tuple(f.frames()[1] for f in batch))
         for f, flow in zip(batch, runner.split(runner.run("flow", refs, supps))):
             computed[f] = flow
     return {f: computed[src] for f, src in source.items()}

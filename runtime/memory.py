@@ -1,24 +1,25 @@
 """Refuse, before any work, windows that cannot fit in the device's memory.
 
-A window holds every frame's four feature maps, its flows and its LR frame until the
-window is decoded, and the decode graph holds at least two 64-channel maps at the output
-resolution for each frame of its batch. Those are known exactly from the plan, the
-backend's dtypes and the batch size, so together they are a lower bound of what a window
-needs (``benchmarks/results/window_memory.md`` compares it with measured memory). When even
-that exceeds the free memory, the run would end in an out-of-memory error after minutes of
-work (CUDA), or the kernel would kill it without a word (Linux, CPU): say so at once, with
-the batch size or window that fits.
+The driver runs a window in the order of :mod:`hirn.core.liveness` and drops every feature
+map, flow and chain after its last reader; the same schedule, walked here with each value's
+size and what each call holds meanwhile (measured per graph), gives the window's peak
+memory without running it (``benchmarks/results/window_memory.md`` compares it with
+measured memory: it stays just below). When that exceeds the free memory, the run would end
+in an out-of-memory error after minutes of work (CUDA), or the kernel would kill it without
+a word (Linux, CPU): say so at once, with the batch size or window that fits.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from hirn.core.errors import WindowMemoryError
-from hirn.core.schedule import make_plan
+from hirn.core.liveness import Decode, Encode, make_schedule
+from hirn.core.schedule import FeatureRef, FlowRef, make_plan
 from hirn.runtime.backends import Runner
 from hirn.runtime.padding import SCALE, padded_size
 from hirn.runtime.windows import GOP_FRAMES, max_frames_read
@@ -27,26 +28,96 @@ _GIB = 2**30
 _HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
 _FLOAT32 = 4  # bytes: frames and flows are FP32 in every precision (hirn.core.graphs)
 _FLOW_CHANNELS = 2
+_LR_CHANNELS = 3
+
+# What one call holds beyond its inputs and output, in maps of the run's feature precision
+# per frame: measured on the torch backend (CPU, FP32, published size, 96-256 px frames) and
+# rounded down, so the bound stays below what a window needs.
+_STEP_MAPS = 72     # a propagation step: measured 80 (the deformable convolution samples 9
+                    # taps of 128 channels, then weights them by the mask: 2 x 18 maps)
+_ENCODE_MAPS = 4    # encode, per frame of its batch: measured 4.1
+_FLOW_MAPS = 3      # SpyNet's pyramid, per flow of the batch: measured 3.2
+_DECODE_HR_MAPS = 3  # decode, per frame: 64-channel maps at the output size, measured 3.3
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Bytes of each kind of value, for one frame of the padded size."""
+
+    feature: int     # a feature map, in the run's precision
+    flow: int        # a flow or composed chain (FP32)
+    lr: int          # an LR frame (host, FP32)
+    hr: int          # a decoded HR frame (FP32), held until the window is written
+    decode: int      # what decoding one frame holds meanwhile
+    host: bool       # whether frames and outputs share the memory counted (CPU)
 
 
 def window_bytes(runner: Runner, frames: int, height: int, width: int,
-                 batch_size: int = 1) -> int:
-    """What a window of ``frames`` LR frames of this size (padded) needs at least: LR
-    frames, spatial and branch features, the flows the plan reads (a mirrored clip shares
-    half of them: 2 channels of the ~260 held per pixel), and the decode of one batch."""
+                 batch_size: int = 1, keep: slice | None = None) -> int:
+    """The peak memory of a window of ``frames`` LR frames of this size (padded), written
+    frames ``keep`` (None: all), in the driver's order (:mod:`hirn.core.liveness`): the most,
+    over its tasks, of what is alive then (feature maps until their last reader, flows and
+    chains, LR frames and the HR outputs decoded so far on the host) plus what the running
+    call holds meanwhile. On a GPU only the device's share is counted: frames and outputs
+    wait on the host."""
     h, w = padded_size(height, width)
-    features, flows = plan_size(frames)
-    feature_map = runner.mid_channels * runner.element_size * h * w
-    flow = _FLOW_CHANNELS * _FLOAT32 * h * w
-    lq = 3 * _FLOAT32 * h * w
+    map_bytes = runner.mid_channels * runner.element_size * h * w
     hr_map = _HR_CHANNELS * runner.element_size * h * w * SCALE**2
-    decode = min(batch_size, frames) * 2 * hr_map
-    return frames * (lq + feature_map) + features * feature_map + flows * flow + decode
+    sizes = _Sizes(feature=map_bytes, flow=_FLOW_CHANNELS * _FLOAT32 * h * w,
+                   lr=_LR_CHANNELS * _FLOAT32 * h * w,
+                   hr=_LR_CHANNELS * _FLOAT32 * h * w * SCALE**2,
+                   decode=_DECODE_HR_MAPS * hr_map,
+                   host=not str(runner.device).startswith("cuda"))
+    kept = range(frames)[keep or slice(None)]
+    return _peak(frames, kept.start, kept.stop, batch_size, sizes)
 
 
-# Plans up to this many frames are built whole (a few milliseconds); longer ones are counted
-# by whole groups, since a plan of 100,000 frames takes seconds to build.
+# Windows up to this many frames are scheduled whole (milliseconds); longer ones are counted
+# by whole groups, since a schedule of 100,000 frames takes seconds to build.
 _BUILT_FRAMES = 4 * GOP_FRAMES
+
+
+def _peak(frames: int, start: int, stop: int, batch: int, sizes: _Sizes) -> int:
+    """Peak bytes of the scheduled window; past a few groups it grows by the same amount per
+    group (one more backward map per frame until its decode, one more flow per frame, the
+    outputs), so a long window extends the last group's growth from the longest window
+    scheduled whole (two schedules in all: the advice's bisection stays fast)."""
+    if frames <= _BUILT_FRAMES:
+        return _simulate(frames, start, stop, batch, sizes)
+    extra = frames - _BUILT_FRAMES  # frames beyond, all taken off the written ones
+    built = _simulate(_BUILT_FRAMES, start, stop - extra, batch, sizes)
+    shorter = _simulate(_BUILT_FRAMES - GOP_FRAMES, start, stop - extra - GOP_FRAMES, batch,
+                        sizes)
+    return built + extra * (built - shorter) // GOP_FRAMES
+
+
+@lru_cache(maxsize=1024)
+def _simulate(frames: int, start: int, stop: int, batch: int, sizes: _Sizes) -> int:
+    schedule = make_schedule(frames, tuple(range(start, stop)), batch, encode_batch=batch)
+    flows = schedule.flows()
+    held = frames * sizes.lr if sizes.host else 0
+    # all flows first, a batch at a time
+    peak = held + len(flows) * sizes.flow + min(batch, len(flows)) * _FLOW_MAPS * sizes.feature
+    held += len(flows) * sizes.flow
+    for task, released in zip(schedule.tasks, schedule.release):
+        if isinstance(task, Encode):
+            made = len(task.frames) * sizes.feature
+            meanwhile = len(task.frames) * _ENCODE_MAPS * sizes.feature
+        elif isinstance(task, Decode):
+            made = len(task.frames) * sizes.hr if sizes.host else 0
+            meanwhile = len(task.frames) * (sizes.decode + sizes.hr)
+        else:
+            chains = [c for c in (task.flow_a, task.flow_b) if len(c) > 1]
+            made = sizes.feature + len(chains) * sizes.flow
+            meanwhile = _STEP_MAPS * sizes.feature
+        peak = max(peak, held + made + meanwhile)
+        held += made
+        for value in released:
+            if isinstance(value, FeatureRef):
+                held -= sizes.feature
+            elif isinstance(value, FlowRef) or len(value) > 1:
+                held -= sizes.flow
+    return peak
 
 
 @lru_cache(maxsize=256)

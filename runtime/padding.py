@@ -47,6 +47,20 @@ def to_uint8(hr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
+def to_uint16(hr: np.ndarray) -> np.ndarray:
+    """Network output ``[T, 3, H, W]`` float (not clamped) -> ``[T, H, W, 3]`` uint16 RGB:
+    clamped to [0, 1], scaled by 65535 and rounded (for outputs of more than 8 bits)."""
+    scaled = np.clip(hr, 0.0, 1.0) * 65535.0
+    return np.ascontiguousarray(np.rint(scaled).astype(np.uint16).transpose(0, 2, 3, 1))
+
+
+def to_samples(hr: np.ndarray, dtype) -> np.ndarray:
+    """Network output as ``[T, H, W, 3]`` RGB of ``dtype`` (np.uint8 or np.uint16)."""
+    return to_uint16(hr) if dtype == np.uint16 else to_uint8(hr)
+
+
 def to_float(images: np.ndarray) -> np.ndarray:
-    """``[T, H, W, 3]`` uint8 RGB -> ``[T, 3, H, W]`` float32 in [0, 1] (the network input)."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    """``[T, H, W, 3]`` uint8 or uint16 RGB -> ``[T, 3, H, W]`` float32 in [0, 1] (the
+    network input)."""
+    peak = 65535.0 if images.dtype == np.uint16 else 255.0
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / peak

@@ -29,9 +29,17 @@ import numpy as np
 from hirn.core.errors import BackendError, DamagedFramesError, NonFiniteOutputError
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import upscale_clip
-from hirn.runtime.memory import check_window_fits
-from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_uint8
+from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_samples
 from hirn.runtime.progress import info, note, progress_bar
+from hirn.runtime.resume import Segments, open_segments, work_folder
+from hirn.runtime.tiles import (
+    AUTO,
+    DEFAULT_TILE_OVERLAP,
+    TileGrid,
+    check_tile,
+    choose_tiles,
+    upscale_tiled,
+)
 from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
 from hirn.runtime.windows import GOP_FRAMES, Window, check_window, iter_windows
 
@@ -58,9 +66,14 @@ class RunConfig:
     overwrite: bool = False         # replace an existing output
     quiet: bool = False             # no progress bar and no information lines
     strict: bool = False            # frames decoded with errors stop the run (else a note)
+    pix_fmt: str | None = None      # output pixel format (None: keeps a deep source's bits)
+    resume: bool = False            # keep finished windows as segments (runtime/resume.py)
+    tile: str | tuple[int, int] = AUTO  # auto | none | (height, width) LR px (runtime/tiles.py)
+    tile_overlap: int = DEFAULT_TILE_OVERLAP  # least overlap of neighbouring tiles, LR px
 
     def __post_init__(self):
         check_window(self.window, self.overlap)
+        check_tile(self.tile, self.tile_overlap)
 
 
 @dataclass
@@ -82,17 +95,20 @@ def open_output(source: FrameSource, output: str | os.PathLike, config: RunConfi
                      fps=source.fps, time_base=source.time_base, codec=config.codec,
                      crf=config.crf, audio_from=source, input_path=source.path,
                      sample_aspect_ratio=source.sample_aspect_ratio,
-                     overwrite=config.overwrite, colour=source.colour)
+                     overwrite=config.overwrite, colour=source.colour,
+                     sampling=source.sampling, pix_fmt=config.pix_fmt)
 
 
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
                  get_runner: Callable[[], Runner], config: RunConfig, *, batch_size: int = 4,
-                 label: str = "", get_fp32_runner: Callable[[], Runner] | None = None
-                 ) -> RunStats:
+                 label: str = "", get_fp32_runner: Callable[[], Runner] | None = None,
+                 model: dict | None = None) -> RunStats:
     """Upscale one file or image folder into ``output``, with notes and a progress bar; the
     runner is asked for only once the input and output are known good, ``get_fp32_runner``
     only if a half-precision window must be computed again (see :func:`upscale`). The caller
-    reports the returned stats (see :func:`~hirn.runtime.progress.summary`)."""
+    reports the returned stats (see :func:`~hirn.runtime.progress.summary`). With
+    ``config.resume`` the output is kept as segments in a work folder until it is whole, and
+    ``model`` identifies the model there (:func:`~hirn.runtime.resume.model_identity`)."""
     source = open_source(input, fps=config.fps)
     info(label + describe_input(source), config.quiet)
     if config.fps is not None and not Path(input).is_dir():
@@ -100,13 +116,21 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     for text in source.notes:
         note(text)
     shown = set(source.notes)
-    with open_output(source, output, config) as sink:
+    if not config.resume and work_folder(output).is_dir():
+        note(f"{work_folder(output)} holds the windows of an earlier --resume run, which this "
+             f"run ignores: pass --resume to continue that run, or delete the folder")
+    opened = (open_segments(source, output, config, model) if config.resume
+              else open_output(source, output, config))
+    with opened as sink:
         runner = get_runner()
-        check_window_fits(runner, source.height, source.width, config.window, config.overlap,
-                          batch_size, GOP_FRAMES, source.frame_count)
+        tiles = choose_tiles(runner, source.height, source.width, config.tile,
+                             config.tile_overlap, config.window, config.overlap, batch_size,
+                             source.frame_count)
+        if tiles.line:
+            info(label + tiles.line, config.quiet)
         with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
             stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar,
-                            fp32_runner=get_fp32_runner)
+                            fp32_runner=get_fp32_runner, tiles=tiles.grid)
     for text in source.notes + sink.notes + stats.notes:
         if text not in shown:
             note(text)
@@ -116,7 +140,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
 def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,
             batch_size: int = 4, progress: Callable[[int], None] | None = None,
             on_frame: Callable[[np.ndarray], None] | None = None,
-            fp32_runner: Callable[[], Runner] | None = None) -> RunStats:
+            fp32_runner: Callable[[], Runner] | None = None,
+            tiles: TileGrid | None = None) -> RunStats:
     """Upscale every frame of ``source`` into ``sink`` (which the caller closes or aborts).
 
     Args:
@@ -126,22 +151,31 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
         fp32_runner: makes the same model in FP32; called at most once, when a window that
             ``runner`` computed in half precision holds NaN or Inf, to compute it again
             (None: such a window stops the run, as one computed in FP32 always does).
+        tiles: run each window in these spatial tiles (None: whole frames).
     """
     stats = RunStats()
     began = time.perf_counter()
     ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
-    recompute = _Recompute(runner, fp32_runner)
+    recompute = _Recompute(runner, fp32_runner, tiles)
     with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
-        for window, items in iter_windows(frames, config.window, config.overlap, GOP_FRAMES):
+        windows = iter_windows(frames, config.window, config.overlap, GOP_FRAMES)
+        for index, (window, items) in enumerate(windows):
             if config.strict:
                 _refuse_damaged(source, window)
+            if isinstance(sink, Segments):  # --resume: skip what an earlier run finished
+                if sink.finished(index, window):
+                    if progress is not None:
+                        progress(window.keep_stop - window.keep_start)
+                    continue
+                sink.begin(index, window)
             images = pad_frames(to_float(np.stack([image for image, _ in items])))
             clock = time.perf_counter()
-            hr = _upscale_window(runner, images, window, source, batch_size)
+            hr = _upscale_window(runner, images, window, source, batch_size, tiles)
             if not np.isfinite(hr).all():
                 hr = recompute(images, window, hr, source, batch_size)
             stats.model_seconds += time.perf_counter() - clock
-            kept = to_uint8(hr)
+            # 16 bits where the output keeps more than 8 (a sink without dtype takes 8)
+            kept = to_samples(hr, getattr(sink, "dtype", np.uint8))
             del hr, images
             for image, (_, pts) in zip(kept, items[window.keep]):
                 if on_frame is not None:
@@ -160,10 +194,13 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
 
 
 def _upscale_window(runner: Runner, images: np.ndarray, window: Window, source: FrameSource,
-                    batch_size: int) -> np.ndarray:
+                    batch_size: int, tiles: TileGrid | None = None) -> np.ndarray:
     """The written frames of one window ``[T, 3, 4H, 4W]`` float32, not clamped, from its
-    padded frames ``images`` ``[N, 3, H', W']``."""
-    hr = upscale_clip(runner, images, batch_size, window.keep)
+    padded frames ``images`` ``[N, 3, H', W']``, in ``tiles`` if given."""
+    if tiles is None:
+        hr = upscale_clip(runner, images, batch_size, window.keep)
+    else:
+        hr = upscale_tiled(runner, images, tiles, batch_size, window.keep)
     return crop_output(hr, source.height, source.width)
 
 
@@ -171,10 +208,12 @@ class _Recompute:
     """Computes a window again in FP32 when half precision overflowed; refuses a window
     with NaN or Inf otherwise. The FP32 runner is made on first need, then kept."""
 
-    def __init__(self, runner: Runner, make_fp32: Callable[[], Runner] | None):
+    def __init__(self, runner: Runner, make_fp32: Callable[[], Runner] | None,
+                 tiles: TileGrid | None = None):
         # Stand-ins for the model (tests, benchmarks) may pass no runner: FP32 then.
         self._half = getattr(runner, "element_size", 4) == 2
         self._make_fp32 = make_fp32
+        self._tiles = tiles
         self._fp32: Runner | None = None
         self.frames: list[int] = []  # output frames that held NaN or Inf in half precision
 
@@ -190,7 +229,7 @@ class _Recompute:
                                       "graphs exported in fp32), or the weights are damaged")
         bad = np.flatnonzero(~np.isfinite(hr).reshape(len(hr), -1).all(axis=1))
         fp32 = self._fp32_runner(window)
-        hr = _upscale_window(fp32, images, window, source, batch_size)
+        hr = _upscale_window(fp32, images, window, source, batch_size, self._tiles)
         if not np.isfinite(hr).all():
             raise _non_finite(window, "in FP32 too, so the weights are probably damaged "
                                       "(not finite, or so large that they overflow); check "

@@ -10,8 +10,10 @@ path only when ``close()`` succeeds. An exception or Ctrl-C inside ``with open_s
 sink:``, or ``sink.abort()``, removes the temporary: the destination is either complete or
 untouched. The input is only ever opened for reading, and a sink refuses to write over it.
 
-Frames are ``[H, W, 3]`` uint8 RGB arrays. Inputs in gray, with alpha or with more than 8 bits
-are converted, and each conversion is said once in ``source.notes``. A single image file is
+Frames are ``[H, W, 3]`` RGB arrays: uint8, or uint16 for sources of more than 8 bits, whose
+outputs keep them by default (``source.sampling``; runtime/pixels.py). Inputs in gray or with
+alpha are converted, and each conversion is said once in ``source.notes``. ``-`` reads and
+writes a YUV4MPEG2 pipe (runtime/y4m.py). A single image file is
 refused (put it in a folder): a file must be a video. A video's colour (matrix, range,
 primaries, transfer; guessed by size where untagged) is in ``source.colour``: a sink given it
 converts back with the same matrix and range and tags the output with all four.
@@ -37,6 +39,8 @@ import numpy as np
 
 from hirn.core.errors import OutputExistsError, SinkError, SourceError
 from hirn.runtime.colour import Colour
+from hirn.runtime.pixels import Sampling, choose_format
+from hirn.runtime.streams import frames_only_notes
 from hirn.runtime.video_reader import (
     IMAGE_SUFFIXES,
     Frame,
@@ -71,6 +75,10 @@ def open_source(path: str | os.PathLike, *, fps: float | Fraction | None = None)
         SourceError: the path is missing, not a video, empty, or holds images of mixed sizes.
         DecodeError: the first frame cannot be decoded.
     """
+    from hirn.runtime import y4m
+
+    if y4m.is_pipe(path):
+        return y4m.Y4MSource()
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path} does not exist: check the path")
@@ -101,19 +109,23 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
               audio_from: FrameSource | str | os.PathLike | None = None,
               time_base: Fraction | None = None, sample_aspect_ratio: Fraction | None = None,
               overwrite: bool = False, input_path: str | os.PathLike | None = None,
-              colour: Colour | None = None) -> FrameSink:
+              colour: Colour | None = None, sampling: Sampling | None = None,
+              pix_fmt: str | None = None) -> FrameSink:
     """Open a video file or a PNG folder for writing; it appears only on a successful close().
 
     Args:
         path: ``.mp4``, ``.mkv`` or ``.mov`` for a video; a path without extension (or an
-            existing folder) for PNGs ``000000.png``, ``000001.png``, ...
+            existing folder) for PNGs ``000000.png``, ``000001.png``, ...; ``-`` for a
+            YUV4MPEG2 stream on standard output.
         width, height: frame size; H.264 and H.265 (yuv420p) need both even.
         fps: frame rate (written to the container; numbers frames written without pts).
-        codec: ``h264`` (default for videos), ``h265``, ``ffv1`` (lossless, ``.mkv`` only) or
-            ``png`` (default for folders).
+        codec: ``h264`` (default for videos), ``h265`` (default for videos of a source of
+            more than 8 bits), ``ffv1`` (lossless, ``.mkv`` only) or ``png`` (default for
+            folders).
         crf: quality of h264 / h265, 0-51, lower is better (default 18).
-        audio_from: a source or file whose audio streams are copied in (remuxed, or encoded
-            to AAC where the container does not take the codec); ignored for PNG folders.
+        audio_from: a source or file whose other streams and tags are copied in: audio,
+            subtitles, chapters, attachments, metadata (runtime/streams.py; what the
+            container cannot hold is named in the sink's notes); PNG folders note them.
         time_base: unit of the pts given to ``write`` (default ``1 / fps``); pass the
             source's to carry its timestamps over.
         sample_aspect_ratio: pixel aspect ratio to record (the source's, for anamorphic video).
@@ -122,15 +134,37 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
         colour: the source's ``colour``: a video is converted back to YUV with its matrix and
             range and tagged with them, its primaries and transfer (default: BT.709 limited
             range, primaries and transfer untagged); PNGs are RGB and carry no tags.
+        sampling: the source's: above 8 bits, the output keeps them (H.265 in yuv420p10le,
+            FFV1 in gbrp16le, 16-bit PNGs) unless ``pix_fmt`` says otherwise; a pipe
+            keeps the source's format and chroma siting.
+        pix_fmt: the pixel format to write (FFmpeg's name, e.g. yuv444p10le, rgb48be for
+            16-bit PNGs); None: as ``sampling`` decides.
 
     Raises:
         SinkError: bad codec / container / size / crf, the output is an input, exists, or its
             folder is missing or not writable.
     """
+    from hirn.runtime import y4m
+
+    sampling = sampling or Sampling()
+    fps = Fraction(fps).limit_denominator(1_000_000)
+    if y4m.is_pipe(path):
+        if codec is not None:
+            raise SinkError(f"-o - writes a YUV4MPEG2 stream: --codec {codec} does not apply "
+                            f"(choose its format with --pix-fmt)")
+        chosen, notes = choose_format("y4m", sampling, pix_fmt)
+        sink = y4m.Y4MSink(y4m.stdout_stream(), width=int(width), height=int(height), fps=fps,
+                           time_base=Fraction(time_base) if time_base else 1 / fps,
+                           pix_fmt=chosen, colour=colour, siting=sampling.siting,
+                           sample_aspect_ratio=sample_aspect_ratio)
+        sink.notes.extend(notes)
+        if getattr(audio_from, "has_audio", audio_from is not None):
+            sink.notes.append("audio not written: a YUV4MPEG2 stream holds video only")
+        return sink
     path = Path(path)
-    codec = _resolve_codec(path, codec)
+    codec = _resolve_codec(path, codec, sampling.bits > 8)
     folder = codec == "png"
-    width, height, fps = int(width), int(height), Fraction(fps).limit_denominator(1_000_000)
+    width, height = int(width), int(height)
     if width < 1 or height < 1 or fps <= 0:
         raise SinkError(f"cannot write {width}x{height} frames at {fps} frames/s to {path}")
     if codec in ("h264", "h265") and (width % 2 or height % 2):
@@ -141,35 +175,39 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
     if crf is not None and not 0 <= crf <= 51:
         raise SinkError(f"crf must be within 0-51 (lower is better quality), got {crf}")
     audio_path = audio_from.path if isinstance(audio_from, FrameSource) else audio_from
-    _check_destination(path, folder, overwrite,
-                       [Path(p) for p in (input_path, audio_path) if p is not None])
-    if isinstance(audio_from, FrameSource) and not audio_from.has_audio:
-        audio_path = None
+    _check_destination(path, folder, overwrite, [Path(p) for p in (input_path, audio_path)
+                                                 if p is not None and not y4m.is_pipe(p)])
+    chosen, notes = choose_format(codec, sampling, pix_fmt)
+    if isinstance(audio_from, FrameSource) and not (audio_from.has_audio or audio_from.extras):
+        audio_path = None  # nothing to copy besides the frames
     if audio_path is not None and Path(audio_path).is_dir():
         audio_path = None  # an image folder has no audio
     time_base = Fraction(time_base) if time_base else 1 / fps
     common = dict(width=width, height=height, fps=fps, time_base=time_base, codec=codec,
-                  overwrite=overwrite)
+                  overwrite=overwrite, pix_fmt=chosen)
     temp = make_temp(path, folder)
     if folder:
         sink = ImageFolderSink(path, temp, **common)
         if audio_path is not None:
-            sink.notes.append("audio not written: a folder of PNGs holds no audio")
-        return sink
-    return VideoSink(path, temp, audio_from=audio_path, sample_aspect_ratio=sample_aspect_ratio,
-                     crf=DEFAULT_CRF if crf is None and codec != "ffv1" else crf, colour=colour,
-                     **common)
+            sink.notes.extend(frames_only_notes(audio_from, "a folder of PNGs"))
+    else:
+        sink = VideoSink(path, temp, audio_from=audio_path,
+                         sample_aspect_ratio=sample_aspect_ratio,
+                         crf=DEFAULT_CRF if crf is None and codec != "ffv1" else crf,
+                         colour=colour, **common)
+    sink.notes.extend(notes)
+    return sink
 
 
-def _resolve_codec(path: Path, codec: str | None) -> str:
+def _resolve_codec(path: Path, codec: str | None, deep: bool = False) -> str:
     suffix = path.suffix.lower()
     is_video = suffix in VIDEO_FORMATS
     is_folder = path.is_dir() or (not suffix and not path.is_file())
     kinds = f"a video ({', '.join(VIDEO_FORMATS)}) or a folder (a path without extension)"
     if not is_video and not is_folder:
         raise SinkError(f"cannot tell what to write for {path}: name {kinds}")
-    if codec is None:
-        return "h264" if is_video else "png"
+    if codec is None:  # H.265 Main10 keeps a deep source's bits where players decode them
+        return ("h265" if deep else "h264") if is_video else "png"
     if codec not in CODECS:
         raise SinkError(f"unknown codec {codec!r}: choose one of {', '.join(CODECS)}")
     if codec == "png" and is_video:

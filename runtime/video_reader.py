@@ -1,10 +1,11 @@
 """Frame sources: a video file (PyAV) or a folder of images (OpenCV), decoded one frame at a time.
 
-Every frame comes out as ``[H, W, 3]`` uint8 RGB with its presentation timestamp; conversions
-needed to get there (gray, alpha, more than 8 bits) are done once per frame and said once in
-``notes``. A video's YUV is converted with its own matrix and range (``colour``, for the
-sink to convert back with). Nothing is read ahead: iterating holds one decoded frame (plus the
-decoder's own reorder buffer), whatever the length of the input.
+Every frame comes out as ``[H, W, 3]`` RGB with its presentation timestamp: uint8 for 8-bit
+sources, uint16 (full 16-bit scale) for deeper ones, so nothing is truncated
+(``source.sampling`` says which); conversions needed to get there (gray, alpha) are done once
+per frame and said once in ``notes``. A video's YUV is converted with its own matrix and
+range (``colour``, for the sink to convert back with). Nothing is read ahead: iterating holds
+one decoded frame (plus the decoder's own reorder buffer), whatever the length of the input.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 from hirn.core.errors import DecodeError, SourceError
 from hirn.core.files import natural_key
 from hirn.runtime.colour import Colour, read_colour
+from hirn.runtime.damage import DamageWatch
+from hirn.runtime.pixels import Sampling
+from hirn.runtime.streams import describe_extras
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".pnm")
@@ -36,7 +40,7 @@ _SHOWN_FRAMES = 5  # frame numbers listed in a note
 class Frame(NamedTuple):
     """One decoded frame."""
 
-    image: np.ndarray  # [H, W, 3] uint8 RGB
+    image: np.ndarray  # [H, W, 3] RGB: uint8, or uint16 for sources of more than 8 bits
     pts: int  # presentation timestamp, in units of the source's time_base
 
 
@@ -53,10 +57,14 @@ class FrameSource:
         fps: frame rate (the average rate for a variable-rate video).
         time_base: the unit of pts, in seconds.
         has_audio: whether the input has audio streams (pass it as a sink's ``audio_from``).
+        extras: what the input holds besides its frames (other streams, chapters, metadata),
+            e.g. ``("2 audio streams", "chapters")``: a sink given the source copies them.
         sample_aspect_ratio: pixel aspect ratio when not square (anamorphic video), else None.
         colour: the video's matrix, range, primaries and transfer (pass it to the sink);
             None for image folders.
-        notes: conversions done to reach 8-bit RGB, each said once.
+        sampling: bits per sample and pixel format of the source (frames are uint16 above 8
+            bits); the output keeps its bits by default.
+        notes: conversions done to reach RGB, each said once.
         damaged: frames (counted from 0) the decoder marked corrupt so far, its damage
             concealed; filled while iterating.
     """
@@ -68,8 +76,10 @@ class FrameSource:
     fps: Fraction
     time_base: Fraction
     has_audio: bool = False
+    extras: tuple[str, ...] = ()
     sample_aspect_ratio: Fraction | None = None
     colour: Colour | None = None
+    sampling: Sampling = Sampling()
 
     def __init__(self, path: Path):
         self.path = path
@@ -141,6 +151,7 @@ class VideoSource(FrameSource):
             self._note("the video is interlaced: its frames are taken as stored, not "
                        "deinterlaced")
         self.has_audio = len(container.streams.audio) > 0
+        self.extras = describe_extras(container, stream.index)
         sar = stream.sample_aspect_ratio
         self.sample_aspect_ratio = Fraction(sar) if sar and sar != 1 else None
 
@@ -170,9 +181,8 @@ class VideoSource(FrameSource):
             self._note(f"gray video ({fmt.name}) converted to RGB")
         if any(c.is_alpha for c in comps):
             self._note(f"alpha channel of {fmt.name} dropped")
-        bits = max(c.bits for c in comps)
-        if bits > 8:
-            self._note(f"{bits}-bit video ({fmt.name}) reduced to 8-bit")
+        # above 8 bits, frames are decoded to 16-bit RGB: no sample is truncated
+        self.sampling = Sampling(bits=max(c.bits for c in comps), pix_fmt=fmt.name)
 
     def _read_colour(self, first, stream) -> None:
         fmt = first.format
@@ -194,10 +204,14 @@ class VideoSource(FrameSource):
 
         container = _open_container(self.path)
         read = 0
+        watch = None
         try:
             stream = container.streams.video[self._stream_index]
-            stream.thread_type = "AUTO"  # frame + slice threads: decoding keeps up at 4x sizes
-            frames = container.decode(stream)
+            # slice threads only: with frame threads, a packet's errors are logged while later
+            # packets decode, and the damaged frame could not be named (runtime/damage.py)
+            stream.thread_type = "SLICE"
+            watch = DamageWatch(stream)
+            frames = watch.frames(container)
             step = max(1, round(1 / (self.fps * self.time_base)))
             last = None
             damaged = self.damaged = []  # read by the pipeline as it goes (for --strict)
@@ -218,13 +232,19 @@ class VideoSource(FrameSource):
                         self._note("some frame timestamps were missing or out of order; "
                                    "they were replaced by evenly spaced ones")
                 last = pts
-                if frame.is_corrupt:
+                if watch.damaged(frame):
                     damaged.append(read)
                 yield Frame(self._to_rgb(frame), int(pts))
                 read += 1
         finally:
+            if watch is not None:
+                watch.close()
             container.close()
         self._check_length(read)
+        if watch.lost:
+            self._note(f"{watch.lost} damaged packet{'s' if watch.lost > 1 else ''} could not "
+                       f"be decoded: missing from the output, and the frame after each counts "
+                       f"as damaged")
         if damaged:
             shown = ", ".join(map(str, damaged[:_SHOWN_FRAMES]))
             hidden = len(damaged) - _SHOWN_FRAMES
@@ -249,6 +269,7 @@ class VideoSource(FrameSource):
 
     def _to_rgb(self, frame) -> np.ndarray:
         width, height = self._coded
+        rgb = "rgb48le" if self.sampling.bits > 8 else "rgb24"
         size = {}
         if (frame.width, frame.height) != (width, height):
             self._note(f"frames that change size mid-stream were scaled to {width}x{height}")
@@ -256,10 +277,10 @@ class VideoSource(FrameSource):
         if self._yuv:
             # the matrix and range read once from the first frame: the sink converts back with
             # the same, and untagged HD video is not taken for BT.601 (swscale's default)
-            image = frame.to_ndarray(format="rgb24", src_colorspace=self.colour.swscale_matrix,
+            image = frame.to_ndarray(format=rgb, src_colorspace=self.colour.swscale_matrix,
                                      src_color_range=self.colour.range, **size)
         else:
-            image = frame.to_ndarray(format="rgb24", **size)
+            image = frame.to_ndarray(format=rgb, **size)
         return np.ascontiguousarray(np.rot90(image, self._turns)) if self._turns else image
 
     def _check_length(self, read: int) -> None:
@@ -314,6 +335,7 @@ class ImageFolderSource(FrameSource):
 
     Hidden files and files of other types are ignored. Images carry no timing: pts count
     frames (time_base = 1 / fps). JPEGs are turned upright as their EXIF orientation asks.
+    A folder whose first image has 16-bit (or floating-point) samples gives uint16 frames.
     """
 
     def __init__(self, path: Path, fps: Fraction | float | None = None):
@@ -324,6 +346,7 @@ class ImageFolderSource(FrameSource):
         if not self.files:
             raise SourceError(f"{path} holds no images (looked for "
                               f"{', '.join(IMAGE_SUFFIXES)}): pass a folder of frames")
+        self._dtype = None  # of the frames: the first image's depth
         first = self._read(self.files[0], 0)
         self.height, self.width = first.shape[:2]
         self._check_png_sizes()
@@ -379,14 +402,21 @@ class ImageFolderSource(FrameSource):
     def _to_rgb(self, image: np.ndarray, file: Path) -> np.ndarray:
         import cv2
 
-        if image.dtype == np.uint16:
-            self._note("16-bit images reduced to 8-bit")
-            image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-        elif image.dtype in (np.float32, np.float64):
-            self._note("floating-point images scaled from [0, 1] to 8-bit")
-            image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-        elif image.dtype != np.uint8:
+        if image.dtype in (np.float32, np.float64):
+            self._note("floating-point images scaled from [0, 1] to 16-bit")
+            image = np.clip(np.rint(image * 65535), 0, 65535).astype(np.uint16)
+        elif image.dtype not in (np.uint8, np.uint16):
             raise SourceError(f"{file} has {image.dtype} samples; expected 8- or 16-bit images")
+        # every frame of a folder has the first image's depth
+        if self._dtype is None:
+            self._dtype = image.dtype
+            self.sampling = Sampling(bits=16 if image.dtype == np.uint16 else 8)
+        if self._dtype == np.uint16 and image.dtype == np.uint8:
+            image = image.astype(np.uint16) * 257
+        elif self._dtype == np.uint8 and image.dtype == np.uint16:
+            self._note("16-bit images after 8-bit ones reduced to 8-bit (the first image "
+                       "decides the depth)")
+            image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
         if image.ndim == 2 or image.shape[2] == 1:
             self._note("gray images converted to RGB")
             return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

@@ -5,8 +5,8 @@ A sink writes into a hidden temporary in the destination folder
 final path only in a successful ``close()``; ``abort()``, an exception or Ctrl-C inside
 ``with open_sink(...)`` remove the temporary. A process killed outright (SIGKILL, power loss)
 cannot clean up: the next run for the same output removes the temporaries of dead processes
-of this host. The input's audio is copied through while frames are written, so nothing is
-buffered whole.
+of this host. The input's audio, subtitles, chapters, attachments and tags are copied through
+while frames are written (runtime/streams.py), so nothing is buffered whole.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import OutputExistsError, SinkError, SourceError
+from hirn.core.errors import OutputExistsError, SinkError
 from hirn.runtime.colour import Colour
+from hirn.runtime.streams import StreamCopier
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
-# codec name -> (FFmpeg encoder, pixel format); bgr0 keeps FFV1 lossless for RGB input
+# codec name -> (FFmpeg encoder, pixel format for 8 bits); bgr0 keeps FFV1 lossless for RGB
+# input (runtime/pixels.py has the formats of deeper sources)
 VIDEO_CODECS = {"h264": ("libx264", "yuv420p"), "h265": ("libx265", "yuv420p"),
                 "ffv1": ("ffv1", "bgr0")}
 CODECS = (*VIDEO_CODECS, "png")
@@ -42,22 +44,29 @@ ENCODER_OPTIONS = {"libx265": {"x265-params": "log-level=error"},
 
 
 class FrameSink:
-    """Writes ``[H, W, 3]`` uint8 RGB frames; the output appears only on a successful close().
+    """Writes ``[H, W, 3]`` RGB frames; the output appears only on a successful close().
 
     Use as a context manager; ``write(image, pts=None)`` adds a frame (pts in ``time_base``
-    units, strictly increasing; None numbers frames at ``fps``).
+    units, strictly increasing; None numbers frames at ``fps``). Frames are uint8, or uint16
+    (full 16-bit scale) for formats of more than 8 bits; ``dtype`` says which the sink keeps
+    whole (the other is converted).
 
     Attributes:
         path: the final output. width, height, fps, time_base, codec: as opened.
+        pix_fmt: the pixel format written (FFmpeg's name). dtype: np.uint8 or np.uint16.
         frames_written: frames written so far.
         notes: what the sink could not carry over (e.g. audio into a PNG folder).
     """
 
     def __init__(self, path: Path, temp: Path, *, width: int, height: int, fps: Fraction,
-                 time_base: Fraction, codec: str, overwrite: bool):
+                 time_base: Fraction, codec: str, overwrite: bool, pix_fmt: str):
+        from hirn.runtime.pixels import format_bits
+
         self.path, self._temp = path, temp
         self.width, self.height, self.fps, self.time_base = width, height, fps, time_base
         self.codec, self._overwrite = codec, overwrite
+        self.pix_fmt = pix_fmt
+        self.dtype = np.uint16 if format_bits(pix_fmt) > 8 else np.uint8
         self.frames_written = 0
         self.notes: list[str] = []
         self._last_pts: int | None = None
@@ -68,14 +77,16 @@ class FrameSink:
     # -- public ------------------------------------------------------------------------------
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
-        """Add one frame: ``image`` [H, W, 3] uint8 RGB, ``pts`` in time_base units or None."""
+        """Add one frame: ``image`` [H, W, 3] uint8 or uint16 RGB, ``pts`` in time_base units
+        or None."""
         if self._done:
             raise RuntimeError(f"the sink for {self.path} is already closed")
-        if (not isinstance(image, np.ndarray) or image.dtype != np.uint8
+        if (not isinstance(image, np.ndarray) or image.dtype not in (np.uint8, np.uint16)
                 or image.shape != (self.height, self.width, 3)):
             got = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
-            raise ValueError(f"expected a [{self.height}, {self.width}, 3] uint8 RGB frame, "
-                             f"got shape {got[0]} dtype {got[1]}")
+            raise ValueError(f"expected a [{self.height}, {self.width}, 3] uint8 or uint16 RGB "
+                             f"frame, got shape {got[0]} dtype {got[1]}")
+        image = to_depth(image, self.dtype)
         if pts is None:
             pts = round(self.frames_written / (self.fps * self.time_base))
         if self._last_pts is not None and pts <= self._last_pts:
@@ -160,7 +171,8 @@ class FrameSink:
 
 
 class VideoSink(FrameSink):
-    """A video file: H.264 / H.265 (yuv420p, CRF) or lossless FFV1 (bgr0), audio copied in.
+    """A video file: H.264 / H.265 (yuv420p, CRF) or lossless FFV1 (bgr0), audio copied in;
+    H.265 in yuv420p10le (Main10) and FFV1 in gbrp16le for sources of more than 8 bits.
 
     ``colour`` (the source's) decides the matrix and range of the RGB -> YUV conversion and the
     output's colour tags; None: BT.709 limited range, primaries and transfer untagged.
@@ -172,7 +184,7 @@ class VideoSink(FrameSink):
         super().__init__(path, temp, **common)
         import av
 
-        encoder, pix_fmt = VIDEO_CODECS[self.codec]
+        encoder, pix_fmt = VIDEO_CODECS[self.codec][0], self.pix_fmt
         self._container = None
         self._audio = None
         self._pix_fmt = pix_fmt
@@ -182,6 +194,9 @@ class VideoSink(FrameSink):
             options = dict(ENCODER_OPTIONS.get(encoder, {}))
             if crf is not None:
                 options["crf"] = str(crf)
+            if crf == 0 and encoder == "libx265":
+                # x264 is lossless at CRF 0, x265 only when told: the same promise for both
+                options["x265-params"] += ":lossless=1"
             stream = self._container.add_stream(encoder, rate=self.fps, options=options)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             ctx = stream.codec_context
@@ -194,8 +209,9 @@ class VideoSink(FrameSink):
             if encoder == "libx265" and path.suffix.lower() in (".mp4", ".mov"):
                 ctx.codec_tag = "hvc1"  # what Apple players require for HEVC
             self._stream = stream
-            if audio_from is not None:
-                self._audio = AudioCopier(audio_from, self._container)
+            if audio_from is not None:  # audio, subtitles, chapters, attachments, tags
+                self._audio = StreamCopier(audio_from, self._container, stream)
+                self.notes.extend(self._audio.notes)
         except BaseException:
             self.abort()
             raise
@@ -214,7 +230,7 @@ class VideoSink(FrameSink):
     def _write(self, image: np.ndarray, pts: int) -> None:
         import av
 
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(image, format=rgb_format(image))
         if self._pix_fmt.startswith("yuv"):
             frame = frame.reformat(format=self._pix_fmt,
                                    dst_colorspace=self.colour.swscale_matrix,
@@ -251,97 +267,9 @@ class VideoSink(FrameSink):
         self._audio = self._container = None
 
 
-class AudioCopier:
-    """Copies every audio stream of a file into an output container, interleaved with video.
-
-    Packets are remuxed unchanged where the container takes the codec, else decoded and
-    encoded to AAC. ``copy_until(t)`` writes the packets up to ``t`` seconds, so audio keeps
-    pace with the frames and is never held whole.
-    """
-
-    def __init__(self, source: Path, output):
-        import av
-
-        try:
-            self._input = av.open(str(source), metadata_errors="ignore")
-        except (av.FFmpegError, OSError) as error:
-            raise SourceError(f"cannot read the audio of {source} ({error})") from error
-        self._source = source
-        self._routes = {}  # input stream index -> (output stream, resampler or None)
-        for stream in self._input.streams.audio:
-            try:
-                self._routes[stream.index] = (output.add_stream_from_template(stream), None)
-            except ValueError:  # the container does not take this codec: re-encode
-                layout = _aac_layout(stream.layout)
-                out = output.add_stream("aac", rate=stream.sample_rate)
-                out.layout = layout
-                resampler = av.AudioResampler(format="fltp", layout=layout,
-                                              rate=stream.sample_rate)
-                self._routes[stream.index] = (out, resampler)
-        self._output = output
-        self._packets = self._input.demux(*self._input.streams.audio) if self._routes else None
-        self._pending = None
-
-    def copy_until(self, seconds: float | None) -> None:
-        """Write audio packets up to ``seconds`` (None: all the rest)."""
-        import av
-
-        while self._packets is not None:
-            if self._pending is None:
-                try:
-                    self._pending = next(self._packets, None)
-                except (av.FFmpegError, OSError) as error:
-                    raise SourceError(f"the audio of {self._source} cannot be read "
-                                      f"({error}): the file is damaged or truncated") from error
-                if self._pending is None:
-                    self._packets = None
-                    self._flush_encoders()
-                    return
-            packet = self._pending
-            if packet.size == 0 or (packet.pts is None and packet.dts is None):
-                self._pending = None  # demuxer flush markers, untimed data
-                continue
-            if packet.dts is None:
-                packet.dts = packet.pts
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if seconds is not None and float(stamp * packet.time_base) > seconds:
-                return
-            self._pending = None
-            self._route(packet)
-
-    def _route(self, packet) -> None:
-        out, resampler = self._routes[packet.stream.index]
-        if resampler is None:
-            packet.stream = out
-            self._output.mux(packet)
-            return
-        for frame in packet.decode():
-            for chunk in resampler.resample(frame):
-                self._output.mux(out.encode(chunk))
-
-    def _flush_encoders(self) -> None:
-        for out, resampler in self._routes.values():
-            if resampler is not None:
-                for chunk in resampler.resample(None):
-                    self._output.mux(out.encode(chunk))
-                self._output.mux(out.encode(None))
-
-    def close(self) -> None:
-        self._input.close()
-
-
-def _aac_layout(layout) -> str:
-    # a layout without channel order (e.g. PCM in matroska: "1 channels") is refused by the
-    # AAC encoder: name the usual layout for that many channels instead
-    if not layout.name.endswith("channels"):
-        return layout.name
-    usual = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
-    return usual.get(len(layout.channels), "stereo")
-
-
 class ImageFolderSink(FrameSink):
-    """A folder of PNGs named ``000000.png``, ``000001.png``, ... (timestamps are not kept:
-    uneven ones are noted)."""
+    """A folder of PNGs named ``000000.png``, ``000001.png``, ..., 8-bit or (pix_fmt
+    rgb48be) 16-bit (timestamps are not kept: uneven ones are noted)."""
 
     def _write(self, image: np.ndarray, pts: int) -> None:
         import cv2
@@ -370,6 +298,21 @@ class ImageFolderSink(FrameSink):
                     "video (.mkv, .mp4) to keep it")
             if text not in self.notes:
                 self.notes.append(text)
+
+
+def to_depth(image: np.ndarray, dtype) -> np.ndarray:
+    """``image`` (uint8 or uint16 RGB) as ``dtype``: 8 -> 16 bits exactly (x 257), 16 -> 8
+    rounded."""
+    if image.dtype == dtype:
+        return image
+    if dtype == np.uint16:
+        return image.astype(np.uint16) * 257
+    return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def rgb_format(image: np.ndarray) -> str:
+    """PyAV's name for packed RGB of this array's depth."""
+    return "rgb48le" if image.dtype == np.uint16 else "rgb24"
 
 
 def _sync(path: Path) -> None:
@@ -476,7 +419,9 @@ def _empty_folder(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path | None) -> None:
+    if path is None:  # a sink without a temporary (a pipe)
+        return
     try:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -1,22 +1,29 @@
 """Which backend a run uses, from the one source of weights given: a checkpoint (torch), an
-ONNX folder (onnxruntime) or an engine folder (tensorrt). Loads nothing heavy.
+ONNX folder (onnxruntime) or an engine folder (tensorrt), or the built-in default weights
+where none is given. Loads nothing heavy.
 
 Building the runner is :func:`hirn.runtime.backends.create_runner`'s alone.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
+from hirn.core.default_weights import DEFAULT_CHECKPOINT, DEFAULT_NAME, DEFAULT_SUMMARY
 from hirn.core.errors import BackendError
 from hirn.runtime.backends.base import BackendConfig
 
+log = logging.getLogger(__name__)
+
 
 def infer_backend(config: BackendConfig) -> BackendConfig:
-    """Fill in ``backend`` from the one weights option given (``backend=None``: infer)."""
+    """Fill in ``backend`` from the one weights option given (``backend=None``: infer), and
+    the default weights where none is given and the backend is torch."""
     given = {"torch": config.checkpoint, "onnxruntime": config.onnx_dir,
              "tensorrt": config.engines_dir}
-    named = {"torch": "--checkpoint", "onnxruntime": "--onnx", "tensorrt": "--engines"}
+    named = {"torch": "--checkpoint", "onnxruntime": "--onnx", "openvino": "--onnx",
+             "tensorrt": "--engines"}
     present = [b for b, path in given.items() if path is not None]
     if len(present) > 1:
         raise BackendError(f"{' and '.join(named[b] for b in present)} were both given: "
@@ -24,7 +31,12 @@ def infer_backend(config: BackendConfig) -> BackendConfig:
     backend = config.backend
     if backend is None:
         backend = present[0] if present else "torch"
-    elif present and present[0] != backend:
+    elif present and named[present[0]] != named.get(backend):
         raise BackendError(f"--backend {backend} does not run {named[present[0]]}; "
-                           f"{named[backend]} is what it needs (or leave --backend out)")
+                           f"{named.get(backend)} is what it needs (or leave --backend out)")
+    if config.checkpoint is not None and str(config.checkpoint) == DEFAULT_NAME:
+        config = replace(config, checkpoint=DEFAULT_CHECKPOINT)
+    if not present and backend == "torch":
+        log.info("weights: %s", DEFAULT_SUMMARY)
+        return replace(config, backend=backend, checkpoint=DEFAULT_CHECKPOINT)
     return replace(config, backend=backend)

@@ -52,14 +52,43 @@ ONNX_GRAPH_ATOL = 1e-5   # one exported graph vs its PyTorch step module (float3
 ONNX_CLIP_ATOL = 2e-6    # whole clip through onnxruntime vs the original's output: measured
                          # 3.0e-7 (t6, t17); vs the PyTorch model 6.0e-7
 ONNX_MIN_PSNR_DB = 60.0  # whole real clip, onnxruntime vs PyTorch (float32)
+OPENVINO_CLIP_ATOL = 1e-4  # whole clip through openvino f32 vs the original's output (the
+                           # bar asked for): measured 4.2e-7 (t6, DeformConv through the
+                           # extension), 3.6e-7 (t6, decomposed); OpenVINO 2026.4.1
+TORCH_BF16_MIN_PSNR_DB = 60.0  # torch bf16 vs FP32, HiRN(16, 1) seeded, 3 random 64x64
+                              # frames: measured 82.2 dB (emulated bf16, same rounding)
+OPENVINO_BF16_MIN_PSNR_DB = 45.0  # openvino bf16 vs FP32, mean over a clip's frames (the
+OPENVINO_BF16_WORST_PSNR_DB = 40.0  # bar asked for) and its worst frame: not measurable on
+                                    # this CPU (no native bf16)
 FP16_GRAPH_RTOL = 1e-2   # an FP16 graph vs the FP32 module, relative to the output's range
 EXACT_F64_ATOL = 1e-12   # two forms of one float64 computation (same weights, other order)
 FP16_UPSAMPLE_ATOL = 1e-2  # bicubic x2 in FP16 vs FP32, inputs of unit scale
 COMPILED_ATOL = 1e-4     # a torch.compile'd step module vs the eager one (CPU, float32)
 COMPILED_MIN_PSNR_DB = 60.0  # whole clip, compiled (+ CUDA graphs) runner vs eager (GPU)
-RUN_MAX_LEVELS = 1       # 8-bit levels between hirn-run's output and the model's (or
-                         # another backend's hirn-run output)
-RUN_MIN_SHARE_WITHIN = 0.999  # share of pixels that must be within RUN_MAX_LEVELS
+RUN_MAX_LEVELS = 1       # 8-bit levels between hirn-run's output and another backend's hirn-run
+                         # output or the model's, at every value: measured max 1 (4 frames
+                         # 80x64 x4, tiny model, test_cli.py): onnxruntime vs torch 7 of
+                         # 983040 values off by one; torch vs the model, which decodes frame by
+                         # frame where the runtime batches, 1 of 983040
+RUN_MIN_SHARE_WITHIN = 1.0  # share of values that must be within RUN_MAX_LEVELS: all
+WINDOW_BOUND_MIN_SHARE = 0.8  # hirn-run's memory bound of a window / its measured peak RSS
+                              # growth: measured 0.81 (test_memory.py: 64 channels, 1 block,
+                              # 16 frames of 64x64, batch 4), 0.845 (published size, same
+                              # window, benchmarks/window_memory.py)
+RUN_TORCH_MAX_LEVELS = 0  # hirn-run's torch backend vs the same runtime in-process (same
+                          # batches), or the demo's panel vs the model: exact; measured 0 of
+                          # 983040 (test_cli.py; at batch sizes 2, 4 and 8) and 0 of 216960
+                          # values (test_demo.py)
+TILE_WEIGHT_ATOL = 1e-6  # tiles blended with float32 weights that sum to one: measured
+                         # 3.0e-8 (sum of the weights), 1.2e-7 (a pointwise stand-in model)
+TILE_SEAM_ATOL = 3e-3    # 64x64 tiles, overlap 16, vs untiled: HiRN(16, 1), seeded random
+                         # weights, a 64x128 calendar crop, 3 frames: measured 8.7e-4
+                         # (1.1e-1 with overlap 0); 7.5e-4 to 9.5e-4 on other crops
+DEEP_RUN_MAX_ERROR = 0.5 / 1023  # hirn-run's 16-bit output vs the model's on a 10-bit source:
+                                 # the bar is 10-bit precision; measured 0.008 10-bit levels
+                                 # (tiny model, 80x64, FFV1 gbrp16le; an 8-bit path: > 2)
+DEEP_RUN_MAX_LEVELS = 2  # 16-bit levels between hirn-run's 16-bit PNGs and the model's
+                         # output: measured 1 (tiny model, 80x64)
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600):

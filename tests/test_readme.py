@@ -1,9 +1,9 @@
 """Every command line the README shows is one its commands accept.
 
 Each line of the README's shell blocks that runs ``hirn-train``, ``hirn-export``, ``hirn-run``,
-``hirn-eval`` or ``torchrun`` (pip, cmake, ruff and pytest are not ours) is parsed by the
-command itself (click's ``make_context``, torchrun's own parser), with its placeholders
-(``CKPT``, ``graphs/``, ...) replaced by tiny real files, and its ``--help`` is run: an
+``hirn-eval``, ``hirn-prepare`` or ``torchrun`` (pip, cmake, ruff and pytest are not ours) is
+parsed by the command itself (click's ``make_context``, torchrun's own parser), with its
+placeholders (``CKPT``, ``graphs/``, ...) replaced by tiny real files, and its ``--help`` is run: an
 unknown option, a missing required one or a value out of its choices fails here. A real run
 of each would take minutes on a CPU and needs a GPU, TensorRT or Vid4 for several; the
 commands' own tests run them. The options the prose names in inline code are checked too.
@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from support import REPO
 
 README = REPO / "README.md"
-PROGRAMS = ("hirn-train", "hirn-export", "hirn-run", "hirn-eval", "torchrun")
+PROGRAMS = ("hirn-train", "hirn-export", "hirn-run", "hirn-eval", "hirn-prepare", "torchrun")
 
 
 def _split_alternatives(line: str) -> list[str]:
@@ -131,7 +131,8 @@ def test_the_readme_shows_every_command():
     """The extraction finds what the README shows (an empty list would pass everything)."""
     shown = {" ".join(shlex.split(c)[:2 if c.startswith("hirn-export") else 1])
              for c in COMMANDS}
-    assert shown == {"hirn-train", "torchrun", "hirn-run", "hirn-eval", "hirn-export onnx",
+    assert shown == {"hirn-train", "torchrun", "hirn-run", "hirn-eval", "hirn-prepare",
+                     "hirn-export onnx",
                      "hirn-export check", "hirn-export engine", "hirn-export compare"}
     assert any("--onnx graphs/" in c for c in COMMANDS)  # the alternatives, each one
     assert any("--method bicubic" in c and "--checkpoint" not in c for c in COMMANDS)
@@ -177,7 +178,8 @@ def _every_command() -> dict[str, click.Command]:
 def _option_spans(text: str) -> list[str]:
     """Inline code spans of the prose that are options alone (``--window``, ``-q/--quiet``)."""
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-    return sorted({s for s in re.findall(r"`([^`\n]+)`", prose) if s.startswith("-")})
+    spans = re.findall(r"`([^`\n]+)`", prose)
+    return sorted({s for s in spans if re.match(r"--?[a-z]", s)})  # not `-` (a pipe)
 
 
 def _options(command: click.Command) -> dict[str, click.Parameter]:

@@ -128,7 +128,8 @@ def resume_command(ctx: click.Context, work_dir: Path) -> str:
             continue
         if param.is_flag:
             names = param.opts if value else param.secondary_opts
-            args.append(max(names, key=len))
+            if names:  # a plain flag left off (click 8.2+ keeps no False default) has none
+                args.append(max(names, key=len))
         else:
             args += [max(param.opts, key=len), str(value)]
     world = int(os.environ.get("WORLD_SIZE", 1))

@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from hirn.core.constants import SCALE
+from hirn.core.default_weights import DEFAULT_CHECKPOINT, DEFAULT_NAME, resolve_checkpoint
 from hirn.core.errors import DatasetError, HirnError
 from hirn.core.files import atomic_write_text
 from hirn.core.logs import logging_options
@@ -249,7 +250,9 @@ def make_upscaler(method: str, checkpoint: str | None, device: str,
                   param_key: str | None) -> tuple[str, Upscaler]:
     """The one place mapping CLI choices to an upscaler: ``(method name, upscaler)``."""
     if checkpoint is not None:
-        return f"hirn:{Path(checkpoint).name}", checkpoint_upscaler(checkpoint, device, param_key)
+        path = resolve_checkpoint(checkpoint)  # "default": the built-in weights
+        name = DEFAULT_NAME if path == DEFAULT_CHECKPOINT else path.name
+        return f"hirn:{name}", checkpoint_upscaler(path, device, param_key)
     if method == "bicubic":
         return "bicubic", bicubic_upscaler()
     raise HirnError(f"unknown method {method!r}; pass --method bicubic or --checkpoint FILE")
@@ -298,7 +301,7 @@ def _parse_crop(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--method", type=click.Choice(["bicubic"]), default=None,
               help="a reference upscaler instead of a checkpoint")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="HiRN .pth checkpoint")
+              help="HiRN .pth checkpoint, or 'default' for the built-in weights")
 @click.option("--param-key", type=click.Choice(["params", "params_ema"]), default=None,
               help="weights to take from the checkpoint (default: params)")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,

@@ -14,14 +14,18 @@ from torch import Tensor, nn
 
 from hirn.core.constants import FP32_GRAPHS, MIN_SIZE, PRECISIONS
 from hirn.core.errors import InputError
+from hirn.core.liveness import make_schedule
 from hirn.core.recurrence import walk
-from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan
+from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef
 
 from .alignment import SecondOrderDeformableAlignment
 from .attention import temporal_wavelet_attention
 from .blocks import ResStack, conv3x3
 from .spynet import SpyNet
 from .steps import Compose, Decode, Encode, Flow, PropagationStep, StepModules
+
+# Feature dtypes of the half precisions (step_modules)
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def check_clip(lq: Tensor) -> None:
@@ -93,14 +97,14 @@ class HiRN(nn.Module):
     def step_modules(self, precision: str = "fp32") -> dict[str, nn.Module]:
         """The step modules by graph name (``encode``, ``step_backward``, ...) in ``precision``.
 
-        In FP16 every graph but :data:`FP32_GRAPHS` (flows and their chaining) runs on a
-        half-precision copy of the weights; this model itself is left in FP32.
+        In FP16 or bf16 every graph but :data:`FP32_GRAPHS` (flows and their chaining) runs
+        on a half-precision copy of the weights; this model itself is left in FP32.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
         modules = self.steps.named()
-        if precision == "fp16":
-            half = copy.deepcopy(self).half()
+        if precision != "fp32":
+            half = copy.deepcopy(self).to(HALF_DTYPES[precision])
             half.__dict__["_steps"] = None  # wrap the copy's own (half) submodules afresh
             modules.update({name: module for name, module in half.steps.named().items()
                             if name not in FP32_GRAPHS})
@@ -126,21 +130,26 @@ class HiRN(nn.Module):
         return flows
 
     def forward(self, lq: Tensor) -> Tensor:
-        """Upscale a clip: ``[N, T, 3, H, W]`` in [0, 1] -> ``[N, T, 3, 4H, 4W]``."""
+        """Upscale a clip: ``[N, T, 3, H, W]`` in [0, 1] -> ``[N, T, 3, 4H, 4W]``.
+
+        Walks the order of :mod:`hirn.core.liveness`, as the runtime does: each branch map
+        is dropped after its last reader (in evaluation; autograd keeps what it needs).
+        """
         check_clip(lq)
         n, t, _, h, w = lq.shape
-        steps, plan = self.steps, make_plan(t)
+        steps, schedule = self.steps, make_schedule(t)
         spatial = steps.encode(lq.reshape(n * t, 3, h, w)).view(n, t, -1, h, w)
         feats: dict[FeatureRef, Tensor] = {FeatureRef(SPATIAL, i): spatial[:, i] for i in range(t)}
         flows = self.compute_flows(lq)
-        zero_feat = spatial.new_zeros(spatial[:, 0].shape)
-        walk(plan, feats, flows,
+        outputs: dict[int, Tensor] = {}
+
+        def decode(frames: tuple[int, ...], maps: list[list[Tensor]]) -> None:
+            for i, inputs in zip(frames, maps):
+                outputs[i] = steps.decode(lq[:, i], *inputs)
+
+        walk(schedule.plan, feats, flows,
              run_step=lambda step, inputs: steps.propagation[(step.branch, step.aligned)](*inputs),
-             compose=steps.compose, zero_feature=zero_feat, zero_flow=lq.new_zeros(n, 2, h, w))
-
-        def feat(ref: FeatureRef | None) -> Tensor:
-            return zero_feat if ref is None else feats[ref]
-
-        outputs = [steps.decode(lq[:, i], *(feat(r) for r in plan.decode_inputs(i)))
-                   for i in range(t)]
-        return torch.stack(outputs, dim=1)
+             compose=steps.compose, zero_feature=spatial.new_zeros(spatial[:, 0].shape),
+             zero_flow=lq.new_zeros(n, 2, h, w), schedule=schedule, decode=decode)
+        del spatial, feats
+        return torch.stack([outputs.pop(i) for i in range(t)], dim=1)

@@ -16,7 +16,11 @@ import numpy as np
 
 from hirn.core.errors import BackendError
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+
+# /proc/cpuinfo flags of CPUs that compute bfloat16 natively (AMD Zen 4+, Intel Xeon since
+# Sapphire Rapids); elsewhere bfloat16 is emulated, many times slower than FP32
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -24,17 +28,18 @@ class BackendConfig:
     """Which backend runs the graphs, and how. ``hirn-run`` options map onto these fields;
     each backend's ``from_config`` checks the ones it reads and refuses the ones it lacks."""
 
-    backend: str | None = "torch"         # torch | onnxruntime | tensorrt (None: not inferred)
+    backend: str | None = "torch"         # torch | onnxruntime | openvino | tensorrt
+                                          # (None: not inferred)
     checkpoint: Path | None = None        # torch: a .pth checkpoint of any HiRN size
-    onnx_dir: Path | None = None          # onnxruntime: a folder from hirn-export onnx
+    onnx_dir: Path | None = None          # onnxruntime, openvino: a folder from hirn-export onnx
     engines_dir: Path | None = None       # tensorrt: a folder from hirn-export engine
-    device: str = "cpu"                   # cpu | cuda | cuda:N
-    precision: str | None = None          # fp32 | fp16 (None: torch fp32, an ONNX folder's own)
+    device: str = "cpu"                   # cpu | cuda | cuda:N | gpu | gpu:N (openvino)
+    precision: str | None = None          # fp32 | fp16 | bf16 (None: fp32, an ONNX folder's
+                                          # own for onnxruntime)
     threads: int | None = None            # CPU threads (None: the library's default)
     batch_size: int = 4                   # frames per call of the batchable graphs
     cuda_graphs: bool = False             # torch, tensorrt: replay steps as CUDA graphs
     compile_steps: bool = False           # torch: torch.compile the step modules
-    allow_untrained: bool = False         # torch without a checkpoint: seeded random weights
                                           # (the demo); a real run refuses
 
     @property
@@ -48,6 +53,28 @@ def refuse_compile(config: BackendConfig, backend: str) -> None:
     if config.compile_steps:
         raise BackendError(f"--compile applies to the torch backend only (this run uses "
                            f"{backend}): leave it out")
+
+
+def check_onnx_config(config: BackendConfig, backend: str) -> None:
+    """Refuse the options that the backends reading an ONNX folder lack (``backend``: the
+    one refusing), before any folder is read."""
+    refuse_compile(config, backend)
+    if config.cuda_graphs:
+        raise BackendError("--cuda-graphs applies to the torch and tensorrt backends only: "
+                           f"leave it out with --onnx (the {backend} backend)")
+    if config.onnx_dir is None:
+        raise BackendError(f"the {backend} backend needs --onnx DIR "
+                           "(make one with: hirn-export onnx CHECKPOINT -o DIR)")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 natively, from Linux's CPU flags (False where they
+    cannot be read)."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 class Runner(ABC):
@@ -119,3 +146,20 @@ class Runner(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+class HostArrays:
+    """The array methods of runners whose arrays are numpy arrays on the host (mixed in
+    before :class:`Runner`)."""
+
+    def from_numpy(self, frames: np.ndarray):
+        return np.ascontiguousarray(frames, dtype=np.float32)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return np.asarray(array, dtype=np.float32)
+
+    def concat(self, arrays: Sequence):
+        return np.concatenate(arrays, axis=0)
+
+    def split(self, array) -> list:
+        return [array[i:i + 1] for i in range(array.shape[0])]

@@ -21,7 +21,7 @@ from hirn.core.errors import BackendError, ModelFolderError
 from hirn.core.graphs import FEATURE, FLOW, graph_specs
 from hirn.export.manifest import verify_folder
 
-from .base import BackendConfig, Runner, refuse_compile
+from .base import BackendConfig, HostArrays, Runner, check_onnx_config
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 # Nodes the CUDA provider lacks fall back to the CPU (ONNX Runtime copies for them).
@@ -63,13 +63,7 @@ def bound_sizes(specs: Sequence[Mapping], arrays: Sequence) -> dict[str, int]:
 
 def check_config(config: BackendConfig) -> None:
     """Refuse the options this backend does not have, before any folder is read."""
-    refuse_compile(config, "onnxruntime")
-    if config.cuda_graphs:
-        raise BackendError("--cuda-graphs applies to the torch and tensorrt backends only: "
-                           "leave it out with --onnx")
-    if config.onnx_dir is None:
-        raise BackendError("the onnxruntime backend needs --onnx DIR "
-                           "(make one with: hirn-export onnx CHECKPOINT -o DIR)")
+    check_onnx_config(config, "onnxruntime")
 
 
 class _SessionRunner(Runner):
@@ -142,7 +136,7 @@ class _SessionRunner(Runner):
                 f"{self.manifest['precision']}, dcn={self.manifest['dcn']})")
 
 
-class OnnxRuntimeRunner(_SessionRunner):
+class OnnxRuntimeRunner(HostArrays, _SessionRunner):
     """ONNX Runtime on the CPU; arrays are numpy arrays."""
 
     providers = CPU_PROVIDERS
@@ -159,21 +153,9 @@ class OnnxRuntimeRunner(_SessionRunner):
     def _run_impl(self, graph: str, inputs: Sequence):
         return self.sessions[graph].run(None, dict(zip(self.graph_inputs[graph], inputs)))[0]
 
-    def from_numpy(self, frames: np.ndarray):
-        return np.ascontiguousarray(frames, dtype=np.float32)
-
-    def to_numpy(self, array) -> np.ndarray:
-        return np.asarray(array, dtype=np.float32)
-
     def zeros(self, kind: str, batch: int, height: int, width: int):
         shape, dtype = self._zeros_spec(kind, batch, height, width)
         return np.zeros(shape, dtype=dtype)
-
-    def concat(self, arrays: Sequence):
-        return np.concatenate(arrays, axis=0)
-
-    def split(self, array) -> list:
-        return [array[i:i + 1] for i in range(array.shape[0])]
 
 
 class OnnxRuntimeCudaRunner(_SessionRunner):

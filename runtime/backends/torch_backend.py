@@ -1,4 +1,4 @@
-"""The ``torch`` backend: the model's own step modules, on CPU or CUDA, FP32 or FP16.
+"""The ``torch`` backend: the model's own step modules, on CPU or CUDA, FP32, FP16 or bf16.
 
 ``compile_steps`` runs every step module through ``torch.compile`` (Inductor);
 ``cuda_graphs`` also replays them from CUDA graphs (``mode="reduce-overhead"``).
@@ -8,24 +8,18 @@ measurable (``benchmarks/torch_backend.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from hirn.core.constants import PRECISIONS
 from hirn.core.errors import BackendError
 from hirn.core.graphs import graph_specs
 from hirn.train import HiRN, load_model
+from hirn.train.hirn import HALF_DTYPES
 
-from .base import BackendConfig, Runner
-
-UNTRAINED_SEED = 0  # the demo's weights: HiRN() right after torch.manual_seed(0)
-
-
-def untrained_model() -> HiRN:
-    """The published architecture with random weights (seeded: the same on every machine)."""
-    torch.manual_seed(UNTRAINED_SEED)
-    return HiRN().eval()
+from .base import BackendConfig, Runner, cpu_has_native_bf16
 
 
 class TorchRunner(Runner):
@@ -34,14 +28,24 @@ class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, model: HiRN, device: str = "cpu", precision: str = "fp32",
-                 compile_steps: bool = False, cuda_graphs: bool = False):
+                 compile_steps: bool = False, cuda_graphs: bool = False,
+                 native_bf16: Callable[[], bool] | None = None):
+        """``native_bf16``: whether this CPU computes bfloat16 natively (None:
+        :func:`cpu_has_native_bf16`; tests simulate a CPU without it)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("--device cuda was asked but PyTorch sees no CUDA GPU "
                                f"(torch {torch.__version__}); use --device cpu")
-        if precision not in ("fp32", "fp16"):
-            raise BackendError(f"unknown precision {precision!r}; choose fp32 or fp16")
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendError("FP16 needs a CUDA device; use --precision fp32 on the CPU")
+        if precision == "bf16" and not device.startswith("cuda") and not (
+                native_bf16 or cpu_has_native_bf16)():
+            # emulated bfloat16 convolutions ran 17x slower than FP32 here (AMD EPYC, AVX2)
+            raise BackendError(
+                "--precision bf16 needs a CPU that computes bfloat16 natively (AVX512-BF16 or "
+                "AMX: AMD Zen 4 and later, Intel Xeon since Sapphire Rapids); this one would "
+                "emulate it many times slower than FP32: use --precision fp32")
         if cuda_graphs and not device.startswith("cuda"):
             raise BackendError("CUDA graphs need --device cuda; leave --cuda-graphs out on "
                                "the CPU")
@@ -58,7 +62,7 @@ class TorchRunner(Runner):
             # the fastest.
             torch.backends.cudnn.benchmark = True
         self.modules = model.step_modules(precision)
-        self.feature_dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.feature_dtype = HALF_DTYPES.get(precision, torch.float32)
         self.element_size = self.feature_dtype.itemsize
         self.compiled, self.cuda_graphs = compile_steps or cuda_graphs, cuda_graphs
         if self.compiled:
@@ -70,15 +74,11 @@ class TorchRunner(Runner):
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> TorchRunner:
-        """The model of ``config.checkpoint`` (any HiRN size), or the untrained one where
-        ``config.allow_untrained``, run as ``config`` says."""
-        if config.checkpoint is not None:
-            model = load_model(config.checkpoint)
-        elif config.allow_untrained:
-            model = untrained_model()
-        else:
+        """The model of ``config.checkpoint`` (any HiRN size), run as ``config`` says."""
+        if config.checkpoint is None:  # the CLI fills in the default weights (infer_backend)
             raise BackendError("no weights given: pass --checkpoint FILE (a .pth of HiRN), "
                                "--onnx DIR (from hirn-export onnx) or --engines DIR")
+        model = load_model(config.checkpoint)
         if config.threads:
             torch.set_num_threads(config.threads)
         return cls(model, config.device, config.precision or "fp32", config.compile_steps,

@@ -17,7 +17,7 @@ PACKAGES = {"core": REPO / "core", "train": REPO / "train", "export": REPO / "ex
 # Modules whose docstrings promise that they load nothing heavy.
 LIGHT_MODULES = ("hirn.core.errors", "hirn.core.constants", "hirn.core.schedule",
                  "hirn.core.recurrence", "hirn.core.graphs", "hirn.core.files",
-                 "hirn.core.launch", "hirn.core.logs",
+                 "hirn.core.launch", "hirn.core.logs", "hirn.core.default_weights",
                  "hirn.runtime.cli", "hirn.export.cli", "hirn.export.manifest",
                  "hirn.plugins.loader")
 

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from support import RUN_MAX_LEVELS, run_cli
+from support import RUN_TORCH_MAX_LEVELS, run_cli
 
+from hirn.core.default_weights import DEFAULT_CHECKPOINT
 from hirn.core.logs import setup_logging
 from hirn.runtime.backends import BackendConfig
-from hirn.runtime.backends.torch_backend import untrained_model
 from hirn.runtime.demo import (
     HR_SIZE,
     INPUT_NAME,
@@ -25,6 +25,7 @@ from hirn.runtime.demo import (
     synthetic_clip,
 )
 from hirn.runtime.video import open_source, read_frames
+from hirn.runtime.weights import infer_backend
 from hirn.train import load_model
 from hirn.train.metrics import psnr
 
@@ -46,27 +47,22 @@ def test_the_synthetic_clip_moves_has_detail_and_is_always_the_same():
     assert shrink(clip).shape == (3, HR_SIZE[0] // 4, HR_SIZE[1] // 4, 3)
 
 
-def test_every_source_of_weights_counts_as_trained():
-    """The demo calls its weights untrained only when none were given (engines included)."""
-    assert BackendConfig().weights is None
+def test_the_default_weights_are_used_only_where_none_are_given():
+    assert infer_backend(BackendConfig(backend=None)).checkpoint == DEFAULT_CHECKPOINT
     for field in ("checkpoint", "onnx_dir", "engines_dir"):
-        assert BackendConfig(**{field: Path("w")}).weights == Path("w")
-
-
-def test_untrained_weights_are_seeded():
-    a, b = untrained_model().state_dict(), untrained_model().state_dict()
-    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
-    assert a["feat_extract.main.0.weight"].shape[0] == 64  # the published size
+        resolved = infer_backend(BackendConfig(backend=None, **{field: Path("w")}))
+        assert resolved.weights == Path("w")
+        assert field == "checkpoint" or resolved.checkpoint is None
 
 
 def test_demo_command_writes_the_video_picture_and_psnr(tmp_path):
     folder = tmp_path / "demo"
     result = run_cli("hirn-run", "demo", "-o", str(folder), "--frames", "2", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert "UNTRAINED" in result.stdout and "--checkpoint" in result.stdout
-    scores = re.search(r"bicubic (\d+\.\d+) dB, HiRN \(untrained\) (\d+\.\d+) dB",
-                       result.stdout)
+    assert "built-in default weights" in result.stderr
+    scores = re.search(r"bicubic (\d+\.\d+) dB, HiRN (\d+\.\d+) dB", result.stdout)
     assert scores, result.stdout
+    assert float(scores.group(2)) > float(scores.group(1))  # the default weights are trained
     video = open_source(folder / OUTPUT_NAME)
     assert (video.width, video.height, video.frame_count) == (HR_SIZE[1], HR_SIZE[0], 2)
     lr = read_frames(folder / INPUT_NAME)  # lossless PNGs
@@ -83,13 +79,13 @@ def test_demo_command_writes_the_video_picture_and_psnr(tmp_path):
     assert np.array_equal(panels[2], original[1][LABEL_ROWS:])  # . | . | original
 
 
-def test_demo_with_a_checkpoint_does_not_call_its_weights_untrained(tmp_path, capsys,
+def test_demo_with_a_checkpoint_uses_it(tmp_path, capsys,
                                                                    tiny_checkpoint,
                                                                    one_thread):
     setup_logging()  # as hirn-run does: information lines on stderr
     scores = run_demo(tmp_path, BackendConfig(checkpoint=tiny_checkpoint), frames=2)
     out = capsys.readouterr()
-    assert "UNTRAINED" not in out.out and str(tiny_checkpoint) in out.err
+    assert "default" not in out.err and str(tiny_checkpoint) in out.err
     assert f"HiRN {scores['hirn']:.2f} dB" in out.out
     assert sorted(p.name for p in tmp_path.iterdir()) == [INPUT_NAME, SIDE_BY_SIDE,
                                                           OUTPUT_NAME]
@@ -110,7 +106,7 @@ def test_demo_hirn_panel_and_psnr_come_from_the_model(tmp_path, capsys, tiny_che
     picture = cv2.cvtColor(cv2.imread(str(tmp_path / SIDE_BY_SIDE)), cv2.COLOR_BGR2RGB)
     width = HR_SIZE[1]
     panel = picture[LABEL_ROWS:, width + 4:2 * width + 4].astype(int)
-    assert np.abs(panel - sr[1][LABEL_ROWS:]).max() <= RUN_MAX_LEVELS
+    assert np.abs(panel - sr[1][LABEL_ROWS:]).max() <= RUN_TORCH_MAX_LEVELS
     assert not np.array_equal(panel, bicubic(lr)[1][LABEL_ROWS:])
     expected = np.mean([psnr(s, o) for s, o in zip(sr, original)])
     assert scores["hirn"] == pytest.approx(expected, abs=SCORE_DB_ATOL)

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from support import run_cli
+from support import WINDOW_BOUND_MIN_SHARE, run_cli
 
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.memory import (
@@ -24,18 +24,58 @@ def runner():
     return TorchRunner(HiRN(mid_channels=16, num_blocks=1))
 
 
-def test_window_bytes_counts_every_frame_s_features(runner):
-    """At least four FP32 feature maps per frame; linear in the frames and in the pixels;
-    the decode batch adds two 64-channel maps at 4x the size per frame."""
-    one = window_bytes(runner, 16, 64, 64)
-    assert window_bytes(runner, 16, 64, 64, batch_size=3) - one == 2 * 2 * 64 * 16 * 64 * 64 * 4
-    assert one >= 16 * 4 * 16 * 64 * 64 * 4
-    step = window_bytes(runner, 32, 64, 64) - one
-    assert step >= 16 * 4 * 16 * 64 * 64 * 4
-    assert window_bytes(runner, 48, 64, 64) - window_bytes(runner, 32, 64, 64) == \
-        pytest.approx(step, rel=0.05)
-    assert window_bytes(runner, 16, 128, 128) == 4 * one
-    assert window_bytes(runner, 16, 7, 9) == one  # padded to 64x64 first
+@pytest.fixture(scope="module")
+def wide():
+    """The published width (64 channels): what a held map costs; one block is enough."""
+    torch.manual_seed(0)
+    return TorchRunner(HiRN(mid_channels=64, num_blocks=1))
+
+
+def test_window_bytes_follows_the_liveness_order(wide):
+    """Each extra frame holds one backward map until its decode, its LR frame and its
+    flows: at most 300 bytes per LR pixel in FP32 where the plan order held four maps
+    (1,024 bytes) and more; linear in the pixels; a larger decode batch costs at least
+    three 64-channel maps at 4x per frame."""
+    runner = wide
+    fm = 64 * 4 * 64 * 64  # one feature map, FP32, 64x64
+    one = window_bytes(runner, 32, 64, 64)
+    step = (window_bytes(runner, 64, 64, 64) - one) / 32
+    assert fm <= step <= 300 * 64 * 64
+    assert window_bytes(runner, 80, 64, 64) - window_bytes(runner, 64, 64, 64) == \
+        pytest.approx(16 * step, rel=0.05)
+    assert window_bytes(runner, 16, 128, 128) == 4 * window_bytes(runner, 16, 64, 64)
+    assert window_bytes(runner, 16, 7, 9) == window_bytes(runner, 16, 64, 64)  # padded first
+    hr_map = 64 * 4 * 64 * 64 * 16
+    three, single = (window_bytes(runner, 16, 64, 64, batch_size=b) for b in (3, 1))
+    assert three >= 3 * 3 * hr_map and three > single
+    # fewer written frames: fewer outputs held, never more memory
+    assert window_bytes(runner, 32, 64, 64, keep=slice(4, 28)) <= one
+
+
+def test_bound_against_a_measured_window(wide):
+    """One window in a fresh process: the bound is below its measured peak RSS growth (it
+    never asks for more than a window needs) and within WINDOW_BOUND_MIN_SHARE of it."""
+    code = (
+        "import resource, sys, numpy as np, torch\n"
+        "from hirn.runtime.backends.torch_backend import TorchRunner\n"
+        "from hirn.runtime.driver import upscale_clip\n"
+        "from hirn.train import HiRN\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "runner = TorchRunner(HiRN(mid_channels=64, num_blocks=1))\n"
+        "clip = np.random.default_rng(0).random((int(sys.argv[1]), 3, 64, 64), np.float32)\n"
+        "upscale_clip(runner, clip[:2], 1)\n"  # first-call allocations, not the window's
+        "upscale_clip(runner, clip, 4)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+    import subprocess
+    import sys
+
+    peaks = [int(subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True,
+                                text=True, check=True).stdout) for n in (2, 16)]
+    for n, peak in zip((16,), peaks[1:]):
+        measured = peak - peaks[0]
+        bound = window_bytes(wide, n, 64, 64, 4) - window_bytes(wide, 2, 64, 64, 4)
+        print(f"{n} frames: bound {bound / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
+        assert WINDOW_BOUND_MIN_SHARE * measured <= bound <= measured
 
 
 def test_frames_read_follows_the_windows():
@@ -94,7 +134,7 @@ def test_hirn_run_refuses_frames_too_large_for_this_machine(tmp_path, tiny_check
     for i in range(4):
         cv2.imwrite(str(frames / f"{i:03d}.png"), np.full((height, width, 3), 40 * i, np.uint8))
     result = run_cli("hirn-run", str(frames), "-o", str(tmp_path / "out"), "--checkpoint",
-                     str(tiny_checkpoint), "--quiet")
+                     str(tiny_checkpoint), "--quiet", "--tile", "none")  # no tiles: refused
     assert result.returncode == 1, result.stderr
     assert "do not fit in memory" in result.stderr and "even the shortest window" in result.stderr
     assert "Traceback" not in result.stderr

@@ -69,6 +69,20 @@ def test_crop_and_output_conversion():
     assert np.array_equal(to_uint8(to_float(image)), image)
 
 
+@pytest.mark.parametrize("size", [(0, 5), (5, 0)])
+def test_a_frame_without_pixels_is_refused(size):
+    with pytest.raises(ValueError, match=rf"at least one pixel, got {size[0]}x{size[1]}"):
+        padded_size(*size)
+
+
+def test_network_input_is_float32_channels_first():
+    """float64 would double the memory and round every convolution differently."""
+    image = np.arange(24, dtype=np.uint8).reshape(1, 2, 4, 3)
+    x = to_float(image)
+    assert x.dtype == np.float32 and x.shape == (1, 3, 2, 4) and x.flags.c_contiguous
+    assert np.array_equal(x, image.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255))
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tiny_checkpoint):
     return load_model(tiny_checkpoint, mid_channels=16, num_blocks=1)

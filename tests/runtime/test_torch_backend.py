@@ -51,7 +51,8 @@ def test_cuda_graphs_on_the_cpu_is_a_clear_error():
         TorchRunner(_tiny_model(), cuda_graphs=True)
 
 
-def test_no_weights_is_refused_unless_untrained_weights_are_allowed():
+def test_no_weights_is_refused_by_the_factory():
+    """Only the CLI fills in the default weights (infer_backend); the API asks for them."""
     with pytest.raises(BackendError, match="no weights given: pass --checkpoint"):
         create_runner(BackendConfig(backend="torch"))
 
@@ -69,11 +70,12 @@ def test_checkpoint_of_any_size_runs_through_the_factory(tmp_path):
         runner.run("step_backward_first", torch.zeros(2, 16, 64, 64))
 
 
-def test_config_carries_the_options_to_the_runner():
+def test_config_carries_the_options_to_the_runner(tmp_path):
+    save_checkpoint(tmp_path / "tiny.pth", _tiny_model())
     runner = create_runner(BackendConfig(backend="torch", compile_steps=True,
-                                         allow_untrained=True))
+                                         checkpoint=tmp_path / "tiny.pth"))
     assert isinstance(runner, TorchRunner) and runner.compiled and not runner.cuda_graphs
-    assert (runner.device, runner.element_size, runner.mid_channels) == ("cpu", 4, 64)
+    assert (runner.device, runner.element_size, runner.mid_channels) == ("cpu", 4, 16)
     # six propagation steps share one forward: the per-function limit must leave room
     config = torch._dynamo.config
     assert getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 0)) >= 64

@@ -31,7 +31,7 @@ from hirn.runtime.video import open_sink, open_source, read_frames
 H264_MIN_PSNR_DB = 27.0
 REENCODE_MIN_PSNR_DB = 27.0  # an H.264 re-encode (CRF 18) vs the decoded input
 COLOUR_MAX_ERROR = 4  # 8-bit levels inside flat colour blocks through H.264/H.265 at CRF 0
-TEN_BIT_MIN_PSNR_DB = 40.0  # 10-bit x264 at CRF 0 read as 8-bit vs the 8-bit frames
+TEN_BIT_MIN_PSNR_DB = 40.0  # 10-bit x264 at CRF 0 read as 16-bit vs the 8-bit frames
 AUDIO_DURATION_ATOL = 0.03  # seconds: about one AAC packet (1024 samples at 44.1 kHz)
 STREAM_PEAK_FRAMES = 6  # Python-side memory while iterating, in frames (a 60-frame clip)
 AUDIO_LEAD_MAX_FRAMES = 24  # one window of hirn-run (its default): how far, in frames, audio
@@ -158,16 +158,16 @@ def test_alpha_video_loses_alpha_with_a_note(tmp_path, media):
     assert all(np.array_equal(image, truth) for (image, _), truth in zip(source, frames))
 
 
-def test_ten_bit_video_is_reduced_to_8_bit_with_a_note(tmp_path, media):
+def test_ten_bit_video_is_read_as_16_bit(tmp_path, media):
     frames = media.synthetic_frames(3)
     # 4:4:4 so that only the bit depth, not chroma subsampling, changes the frames
     path = media.write_video(tmp_path / "ten.mkv", frames, pix_fmt="yuv444p10le",
                              options={"crf": "0"})
     source = open_source(path)
-    assert source.notes == ["10-bit video (yuv444p10le) reduced to 8-bit"]
+    assert source.notes == [] and source.sampling.bits == 10  # kept (tests/test_bit_depth.py)
     for (image, _), truth in zip(source, frames):
-        assert image.dtype == np.uint8
-        assert psnr(image / 255.0, truth / 255.0) > TEN_BIT_MIN_PSNR_DB
+        assert image.dtype == np.uint16
+        assert psnr(image / 65535.0, truth / 255.0) > TEN_BIT_MIN_PSNR_DB
 
 
 def test_interlaced_video_is_noted(tmp_path, media):
@@ -206,14 +206,19 @@ def test_gray_alpha_and_16_bit_images_with_notes(tmp_path, media):
         "gray": (bgr[..., 0], np.repeat(bgr[..., :1], 3, -1), "gray images converted to RGB"),
         "alpha": (np.dstack([bgr, np.full(rgb.shape[:2], 9, np.uint8)]), rgb,
                   "alpha channel dropped"),
-        "deep": ((bgr.astype(np.int32) * 257 + 100).clip(0, 65535).astype(np.uint16), rgb,
-                 "16-bit images reduced to 8-bit"),
     }
     for name, (image, expected, note) in cases.items():
         source = open_source(media.write_images(tmp_path / name, [image, image]))
         got = [frame.image for frame in source]
         assert source.notes == [note], name
         assert all(np.array_equal(g, expected) for g in got), name
+    # 16 bits are kept (tests/runtime/test_bit_depth.py), 8-bit images after them widened
+    deep = (bgr.astype(np.int32) * 257 + 100).clip(0, 65535).astype(np.uint16)
+    source = open_source(media.write_images(tmp_path / "deep", [deep, bgr]))
+    first, second = (frame.image for frame in source)
+    assert source.notes == [] and first.dtype == second.dtype == np.uint16
+    assert np.array_equal(first, deep[..., ::-1])
+    assert np.array_equal(second, rgb.astype(np.uint16) * 257)
 
 
 # ---------------------------------------------------------------------------------------------

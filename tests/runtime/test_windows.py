@@ -102,9 +102,34 @@ def test_windows_read_frames_as_late_as_possible():
         assert len(pulled) <= window.stop + 1  # one frame of look-ahead
 
 
-@pytest.mark.parametrize("window, overlap", [(0, 0), (3, -1)])
-def test_bad_window_settings(window, overlap):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("window, overlap, minimum", [(1, 0, 1), (3, 1, 1), (8, 4, 1),
+                                                      (6, 2, GOP_FRAMES), (3, 0, GOP_FRAMES),
+                                                      (24, 4, GOP_FRAMES)])
+def test_max_frames_read_is_the_largest_window_of_any_video(window, overlap, minimum):
+    """The memory check sizes a window by it: neither less (too little memory) nor more."""
+    largest = max(w.size for n in range(1, 60) for w in plan_windows(n, window, overlap, minimum))
+    assert max_frames_read(window, overlap, minimum) == largest
+    if minimum == 1:  # the default
+        assert max_frames_read(window, overlap) == largest
+
+
+def test_by_default_a_window_reads_no_more_than_its_core_and_overlap():
+    assert plan_windows(3, 1, 0) == [Window(0, 1, 0, 1), Window(1, 2, 1, 2), Window(2, 3, 2, 3)]
+    assert effective_overlap(1, 0) == 0 and effective_overlap(3, 2) == 2
+    assert [w for w, _ in iter_windows(range(3), 1, 0)] == plan_windows(3, 1, 0)
+
+
+@pytest.mark.parametrize("num_frames, window, overlap, minimum",
+                         [(n, w, o, m) for n, w, o, m in WITH_MINIMUM if n in (5, 23, 41)])
+def test_each_window_holds_its_own_frames(num_frames, window, overlap, minimum):
+    for w, items in iter_windows(range(num_frames), window, overlap, minimum):
+        assert items == list(range(w.start, w.stop))
+
+
+@pytest.mark.parametrize("window, overlap, message", [(0, 0, "at least 1 frame, got 0"),
+                                                      (3, -1, "cannot be negative, got -1")])
+def test_bad_window_settings(window, overlap, message):
+    with pytest.raises(ValueError, match=message):
         plan_windows(10, window, overlap)
     with pytest.raises(ValueError):
         RunConfig(window=window, overlap=overlap)

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import click
 import cv2
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hirn.core.errors import HirnError
 from hirn.train import HiRN, save_checkpoint
 from hirn.train.evaluate import (
     DatasetError,
+    _parse_crop,
     bicubic_upscaler,
     checkpoint_upscaler,
     default_data_root,
@@ -185,7 +187,8 @@ def test_usage_errors(args):
 
 
 def test_load_clip_errors(tmp_path):
-    with pytest.raises(DatasetError, match="no frames"):
+    # the message names the kinds of frames looked for
+    with pytest.raises(DatasetError, match=r"no frames \(\.png/\.jpg/\.jpeg/\.bmp\) in"):
         (tmp_path / "c" / "GT").mkdir(parents=True)
         load_clip(tmp_path / "c")
     _write_clip(tmp_path / "odd", np.zeros((1, 30, 32, 3), np.uint8))
@@ -199,6 +202,63 @@ def test_load_clip_errors(tmp_path):
     cv2.imwrite(str(tmp_path / "mixed" / "GT" / "001.png"), np.zeros((16, 32, 3), np.uint8))
     with pytest.raises(DatasetError, match="differ in size"):
         load_clip(tmp_path / "mixed")
+
+
+def test_load_clip_takes_the_lr_folder_and_the_first_frames(tmp_path):
+    """In this process (the CLI tests run hirn-eval as a subprocess): the GT frames, the LR
+    frames of the first LR folder present (not made from GT), and its name as the source."""
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
+    lr = rng.integers(0, 256, (3, 4, 6, 3), dtype=np.uint8)
+    _write_clip(tmp_path / "c", gt)
+    _write_clip(tmp_path / "c", lr, sub="LR_bicubic")
+    _write_clip(tmp_path / "c", lr[::-1], sub="LR")  # a later choice: not read
+    got_gt, got_lr, source = load_clip(tmp_path / "c", max_frames=2)
+    assert np.array_equal(got_gt, gt[:2]) and np.array_equal(got_lr, lr[:2])
+    assert source == "LR_bicubic"
+    assert len(load_clip(tmp_path / "c")[1]) == 3  # no max_frames: every frame
+    (tmp_path / "c" / "LR_bicubic" / "002.png").unlink()
+    with pytest.raises(DatasetError, match=r"LR_bicubic lacks 1 frame\(s\) of GT, e\.g\. 002"):
+        load_clip(tmp_path / "c")
+    _write_clip(tmp_path / "odd", np.zeros((1, 30, 32, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"GT frames in \S*odd/GT are 30x32, not divisible"):
+        load_clip(tmp_path / "odd")
+    (tmp_path / "e" / "GT").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"in \S*e/GT$"):
+        load_clip(tmp_path / "e")
+    _write_clip(tmp_path / "mixed", np.zeros((1, 32, 32, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "mixed" / "GT" / "001.png"), np.zeros((16, 32, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"frames in \S*mixed/GT differ in size"):
+        load_clip(tmp_path / "mixed")
+    cv2.imwrite(str(tmp_path / "c" / "GT" / "002.png"), np.zeros((16, 24, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "c" / "LR_bicubic" / "002.png"), np.zeros((5, 6, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"frames in \S*c/LR_bicubic differ in size"):
+        load_clip(tmp_path / "c")
+
+
+def test_crop_bounds_and_lr_size_checks_in_process(tmp_path):
+    _write_clip(tmp_path / "c", np.zeros((1, 16, 24, 3), np.uint8))  # LR made: 4x6
+    assert load_clip(tmp_path / "c", crop=(4, 6))[1].shape == (1, 4, 6, 3)  # all of it fits
+    assert load_clip(tmp_path / "c", crop=(1, 1))[1].shape == (1, 1, 1, 3)
+    for crop in [(5, 6), (4, 7), (5, 3), (0, 3), (3, 0)]:
+        with pytest.raises(DatasetError, match=rf"crop {crop[0]}x{crop[1]} does not fit LR "
+                                               r"frames of 4x6 in"):
+            load_clip(tmp_path / "c", crop=crop)
+    _write_clip(tmp_path / "c", np.zeros((1, 4, 5, 3), np.uint8), sub="LR")  # one column short
+    with pytest.raises(DatasetError, match=r"LR frames in \S*c are 4x5 but GT frames are "
+                                           r"16x24: expected exactly x4"):
+        load_clip(tmp_path / "c")
+
+
+@pytest.mark.parametrize("value, expected", [("1", (1, 1)), ("7x1", (7, 1)), ("2X3", (2, 3))])
+def test_crop_option_values(value, expected):
+    assert _parse_crop(None, None, value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1x0", "1x2x3"])
+def test_bad_crop_option_values(value):
+    with pytest.raises(click.BadParameter, match=r"expected N or HxW in LR pixels"):
+        _parse_crop(None, None, value)
 
 
 def test_upscaler_with_wrong_output_is_reported(tmp_path):

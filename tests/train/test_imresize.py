@@ -87,7 +87,7 @@ def test_weights_sum_to_one_and_indices_stay_inside(scale):
     assert ind.min() >= 0 and ind.max() < 37
 
 
-@pytest.mark.parametrize("scale", [2, 4, 0.5])
+@pytest.mark.parametrize("scale", [2, 4, 0.5, 1.5])  # 1.5: enlarging, kernel not stretched
 def test_interior_of_a_linear_ramp_is_reproduced(scale):
     """Keys' cubic kernel (a = -0.5) reproduces linear functions: away from the
     borders, output pixel x (1-based) holds the input coordinate it maps to."""
@@ -123,6 +123,13 @@ def test_constant_image_stays_constant_and_uint8_is_clipped():
     edge[:, 4:] = 255
     assert imresize(edge.astype(np.float64), 4).max() > 255
     assert imresize(edge, 4).max() == 255 and imresize(edge, 4).min() == 0
+
+
+def test_one_pixel_lines_resize_and_empty_images_are_refused():
+    assert imresize(np.full((1, 5), 7, np.uint8), 2).tolist() == [[7] * 10] * 2
+    assert imresize(np.full((5, 1, 3), 7, np.uint8), 2).shape == (10, 2, 3)
+    with pytest.raises(InputError, match=r"cannot resize an empty image of shape \[0, 4\]"):
+        imresize(np.zeros((0, 4), np.uint8), 2)
 
 
 @pytest.mark.parametrize("image, scale, match", [

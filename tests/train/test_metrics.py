@@ -105,6 +105,18 @@ def test_crop_border_scores_the_inside_only():
     assert math.isclose(ssim(a, b, crop_border=2), ssim(a[2:-2, 2:-2], b[2:-2, 2:-2]))
 
 
+def test_size_limits_are_exact():
+    """A border crop may leave 2 pixels per side; SSIM needs 11 (one full window)."""
+    zeros, ones = np.zeros((10, 10), np.uint8), np.ones((10, 10), np.uint8)
+    assert math.isclose(psnr(zeros, ones, crop_border=4), 10 * math.log10(255**2),
+                        abs_tol=PSNR_ATOL)
+    with pytest.raises(InputError, match="larger than 10 pixels per side"):
+        ssim(zeros, ones)
+    assert ssim(np.zeros((11, 11)), np.zeros((11, 11))) == 1.0
+    with pytest.raises(InputError, match=r"images, got shape \[2, 2, 2, 2\]"):
+        psnr(np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2, 2)))
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: psnr(np.zeros((4, 4)), np.zeros((4, 5))), "differ in shape"),
     (lambda: ssim(np.zeros((8, 8)), np.zeros((8, 8))), "larger than 10"),

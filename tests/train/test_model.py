@@ -53,8 +53,10 @@ def test_fp16_step_modules_keep_the_flow_graphs_in_fp32():
     assert all(p.dtype == torch.float32 for p in tiny.parameters())  # the model is untouched
     # the half copy's wrappers hold its own (half) submodules, not the model's
     assert fp16["encode"].feat_extract is not tiny.feat_extract
-    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
-        tiny.step_modules("bf16")
+    bf16 = tiny.step_modules("bf16")  # the same split, in bfloat16 (CPUs)
+    assert dtype(bf16["step_group"]) == torch.bfloat16 and bf16["flow"] is fp32["flow"]
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        tiny.step_modules("int8")
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -1,0 +1,159 @@
+"""Liveness: the scheduled walk reads exactly what the plan-order walk reads, and nothing is
+freed before its last reader."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hirn.core.liveness import Decode, Encode, make_schedule, task_reads
+from hirn.core.recurrence import walk
+from hirn.core.schedule import SPATIAL, FeatureRef, FlowRef, Step, make_plan
+
+# every clip length, whole or with context frames, with and without re-encoding
+CASES = [(t, keep, batch, encode)
+         for t in range(1, 41)
+         for keep, batch, encode in (((0, t), 1, None), ((0, t), 3, 3),
+                                     ((min(4, t - 1), max(t - 4, min(4, t - 1) + 1)), 4, 4))]
+
+
+class Symbols:
+    """A symbolic executor: every value is an integer naming the computation that made it,
+    equal for two walks exactly when they computed it from the same inputs."""
+
+    def __init__(self):
+        self.ids: dict[tuple, int] = {}
+
+    def __call__(self, *key) -> int:
+        return self.ids.setdefault(key, len(self.ids))
+
+    def spatial(self, frame: int) -> int:
+        return self("spatial", frame)
+
+
+class Tracked(dict):
+    """A dict that records the most entries it held."""
+
+    peak = 0
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.peak = max(self.peak, len(self))
+
+
+def _plain(plan, sym: Symbols) -> dict[int, list[int]]:
+    """What each frame's decode reads, walking the plan in its own order, keeping all."""
+    features = {FeatureRef(SPATIAL, i): sym.spatial(i) for i in range(plan.num_frames)}
+    flows = {f: sym("flow", f) for f in plan.flows()}
+    walk(plan, features, flows, run_step=lambda s, x: sym(s.output, *x),
+         compose=lambda a, b: sym("compose", a, b), zero_feature=sym("zero"),
+         zero_flow=sym("zero flow"))
+    return {i: [sym("zero") if r is None else features[r] for r in plan.decode_inputs(i)]
+            for i in range(plan.num_frames)}
+
+
+def test_importing_liveness_needs_no_torch():
+    code = "import sys, hirn.core.liveness, hirn.core.recurrence; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("t, keep, batch, encode", CASES)
+def test_scheduled_walk_reads_what_the_plan_order_reads(t, keep, batch, encode):
+    """Every decode sees the very same computations as in plan order (a value freed too
+    early would raise KeyError), each kept frame is decoded once, and at the end nothing
+    is left alive."""
+    plan, sym = make_plan(t), Symbols()
+    expected = _plain(plan, sym)
+    frames = tuple(range(*keep))
+    schedule = make_schedule(t, frames, batch, encode)
+    features = Tracked() if encode else Tracked(
+        {FeatureRef(SPATIAL, i): sym.spatial(i) for i in range(t)})
+    flows = {f: sym("flow", f) for f in plan.flows()}
+    decoded: dict[int, list[int]] = {}
+
+    def decode(batch_frames, maps):
+        assert len(batch_frames) <= batch
+        for f, m in zip(batch_frames, maps):
+            assert f not in decoded
+            decoded[f] = m
+
+    walk(plan, features, flows, run_step=lambda s, x: sym(s.output, *x),
+         compose=lambda a, b: sym("compose", a, b), zero_feature=sym("zero"),
+         zero_flow=sym("zero flow"), schedule=schedule,
+         encode=lambda fs: [sym.spatial(f) for f in fs], decode=decode)
+    assert decoded == {f: expected[f] for f in frames}
+    assert list(decoded) == list(frames)  # in order
+    assert not features and not (flows.keys() & schedule.flows())
+
+
+@pytest.mark.parametrize("t", range(1, 41))
+def test_no_value_is_released_before_its_last_reader(t):
+    """Directly on the table: a value released after task k is read by no later task until
+    it is made again (an encoded map), and every read value is alive."""
+    schedule = make_schedule(t, None, 4, 4)
+    alive: set = set(schedule.flows())
+    released_at: dict = {}
+    for k, (task, released) in enumerate(zip(schedule.tasks, schedule.release)):
+        for value in task_reads(schedule.plan, task):
+            if isinstance(value, tuple) and len(value) > 1 and value not in alive:
+                alive.add(value)  # a chain is composed at its first reader
+            if isinstance(value, FlowRef) or isinstance(value, FeatureRef):
+                assert value in alive, (value, task, released_at.get(value))
+        alive |= set(getattr(task, "outputs", ())) | (
+            {task.output} if isinstance(task, Step) else set())
+        for value in released:
+            assert value in alive or isinstance(value, tuple)
+            alive.discard(value)
+            released_at[value] = k
+    assert not {v for v in alive if not isinstance(v, tuple)}
+
+
+def _peak_maps(t: int, encode: int | None) -> int:
+    """The most feature maps the scheduled walk of a ``t``-frame clip holds at once."""
+    plan, sym = make_plan(t), Symbols()
+    features = Tracked() if encode else Tracked(
+        {FeatureRef(SPATIAL, i): sym.spatial(i) for i in range(t)})
+    walk(plan, features, {f: sym("flow", f) for f in plan.flows()},
+         run_step=lambda s, x: sym(s.output, *x), compose=lambda a, b: sym("compose", a, b),
+         zero_feature=0, zero_flow=0, schedule=make_schedule(t, None, 4, encode),
+         encode=lambda fs: [sym.spatial(f) for f in fs], decode=lambda fs, m: None)
+    return features.peak
+
+
+def test_memory_follows_the_plan():
+    """The plan-order walk holds four maps per frame; the scheduled one grows by one map
+    per frame (its backward feature, alive until its decode) once past a few groups, and
+    re-encoding holds fewer spatial maps."""
+    for t in (16, 32, 48):
+        assert _peak_maps(t, 4) < _peak_maps(t, None) < 4 * t
+    assert _peak_maps(64, 4) - _peak_maps(32, 4) <= 32
+    assert _peak_maps(64, None) - _peak_maps(32, None) <= 2 * 32
+
+
+def test_groups_of_7_and_16_decode_group_by_group():
+    """GOP 16 (17 frames) and GOP 7 (8 frames): the backward branch runs first and whole;
+    each decode comes as soon as its group's steps are done, before the next group's."""
+    for t, gop in ((17, 16), (8, 7)):
+        tasks = make_schedule(t, None, 1, None).tasks
+        steps = [x for x in tasks if isinstance(x, Step)]
+        assert [s.branch for s in steps[:t]] == ["backward"] * t
+        first_decode = next(k for k, x in enumerate(tasks) if isinstance(x, Decode))
+        later = [x for x in tasks[first_decode:] if isinstance(x, Step)]
+        # after the first decode, no step of a frame beyond the next group runs
+        assert all(s.frame <= 2 * gop for s in later)
+        decodes = [x.frames[0] for x in tasks if isinstance(x, Decode)]
+        assert decodes == list(range(t))
+
+
+def test_context_only_frames_run_no_dead_steps_and_encodes_repeat_the_same_batches():
+    schedule = make_schedule(32, tuple(range(4, 28)), 4, 4)
+    steps = [x for x in schedule.tasks if isinstance(x, Step)]
+    assert len({s.output for s in steps}) == len(steps)
+    # the forward features of the last context frames feed nothing that is decoded
+    assert FeatureRef("forward", 31) not in {s.output for s in steps}
+    assert len([s for s in steps if s.branch == "backward"]) == 32
+    encodes = [x.frames for x in schedule.tasks if isinstance(x, Encode)]
+    assert set(encodes) == {tuple(range(k, k + 4)) for k in range(0, 32, 4)}
+    assert len(encodes) <= 2 * 8
