@@ -53,22 +53,40 @@ def ship(run: Path, key: str) -> tuple[Path, dict]:
     return last, provenance
 
 
+def _shipped() -> dict:
+    return torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)["provenance"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="hirn-train work dir of configs/default_cpu.yml")
     parser.add_argument("--key", default="params_ema", choices=["params", "params_ema"])
     parser.add_argument("--max-frames", type=int, default=None, help="per clip (default: all)")
+    parser.add_argument("--no-ship", action="store_true", help="score the weights shipped now")
+    parser.add_argument("--with-fp32", action="store_true", help="also score the run's FP32 "
+                        "weights (another pass over Vid4)")
+    parser.add_argument("--report", help="hirn-eval -o JSON of --checkpoint default (no pass)")
+    parser.add_argument("--bicubic-report", help="hirn-eval -o JSON of --method bicubic")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    fp32, provenance = ship(args.run, args.key)
+    fp32, provenance = ship(args.run, args.key) if not args.no_ship else (None, _shipped())
     root = default_data_root()
     scores, seconds = {}, {}
-    for name, upscale in [("bicubic", bicubic_upscaler()),
-                          ("hirn fp32 (run)", checkpoint_upscaler(fp32, param_key=args.key)),
-                          ("hirn default (fp16 stored)", checkpoint_upscaler(DEFAULT_CHECKPOINT))]:
+    reports = {"bicubic": args.bicubic_report, "hirn default (fp16 stored)": args.report}
+    upscalers = [("bicubic", bicubic_upscaler),
+                 ("hirn default (fp16 stored)", lambda: checkpoint_upscaler(DEFAULT_CHECKPOINT))]
+    if fp32 is not None and args.with_fp32:
+        upscalers.insert(1, ("hirn fp32 (run)",
+                             lambda: checkpoint_upscaler(fp32, param_key=args.key)))
+    for name, make in upscalers:
+        if reports.get(name) is not None:  # a hirn-eval -o report of the same protocol
+            report = json.loads(Path(reports[name]).read_text())
+            scores[name] = {c["name"]: c["psnr"] for c in report["clips"]}
+            scores[name]["mean"] = report["mean"]["psnr"]
+            continue
         start = time.perf_counter()
-        report = evaluate("vid4", root, upscale, name, max_frames=args.max_frames)
+        report = evaluate("vid4", root, make(), name, max_frames=args.max_frames)
         seconds[name] = time.perf_counter() - start
         scores[name] = {c.name: c.psnr for c in report.clips} | {"mean": report.mean_psnr}
     val, loss = read_log(args.run)
@@ -77,7 +95,8 @@ def main() -> None:
     gain = {c: shipped[c] - scores["bicubic"][c] for c in [*clips, "mean"]}
 
     lines = ["# Default weights: trained on CPU, scored on Vid4", "",
-             f"`python benchmarks/default_weights.py RUN` on `{fp32.name}` of "
+             f"`python benchmarks/default_weights.py RUN` on iteration "
+             f"{provenance['iteration']} of "
              f"`configs/default_cpu.yml` ({args.key}), stored in FP16 as "
              f"`core/weights/hirn_default_x4.pth` ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} "
              f"MB). HiRN of {provenance['model']['mid_channels']} channels and "
@@ -85,11 +104,11 @@ def main() -> None:
              "frozen at its published weights.", "", f"Data: {DATA_NOTE}", "",
              "Vid4, Y-PSNR (dB), the paper's protocol (`hirn-eval --dataset vid4`), "
              f"{'all frames' if args.max_frames is None else f'first {args.max_frames} frames'}:",
-             "", "| clip | bicubic | HiRN FP32 (run) | HiRN default (FP16) | gain over bicubic |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "", "| clip | " + " | ".join(scores) + " | gain over bicubic |",
+             "| --- |" + " ---: |" * (len(scores) + 1)]
     for c in [*clips, "mean"]:
-        lines.append(f"| {c} | {scores['bicubic'][c]:.2f} | {scores['hirn fp32 (run)'][c]:.2f} "
-                     f"| {shipped[c]:.2f} | {gain[c]:+.2f} |")
+        lines.append(f"| {c} | " + " | ".join(f"{v[c]:.2f}" for v in scores.values())
+                     + f" | {gain[c]:+.2f} |")
     lines += ["", "Training curve (validation on the held-out clips, 64x64 LR crops of 8 "
               "frames, Y):",
               "", "| iteration | HiRN | HiRN EMA | bicubic |", "| ---: | ---: | ---: | ---: |"]
@@ -101,7 +120,8 @@ def main() -> None:
         total = loss[-1].get("time", 0)
         lines += ["", f"{loss[-1]['iter']} iterations in {total / 60:.1f} min of training, "
                   f"{total / loss[-1]['iter']:.2f} s per iteration (one core)."]
-    lines += ["", "Scoring time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+    lines += ["", "Scoring time (one thread): "
+              + (", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "from the reports"),
               "", f"Measured on {machine()['cpu']}, one thread."]
     curve = {"HiRN": ([r["iter"] for r in val if "val_psnr" in r],
                       [r["val_psnr"] for r in val if "val_psnr" in r]),
@@ -111,7 +131,8 @@ def main() -> None:
         curve["bicubic"] = ([val[0]["iter"], val[-1]["iter"]], [bicubic_val, bicubic_val])
     plot_lines(RESULTS / f"{NAME}.png", curve, "validation Y-PSNR (held-out clips)",
                "iteration", "dB")
-    write_results(NAME, {"checkpoint": str(fp32), "key": args.key, "provenance": provenance,
+    write_results(NAME, {"checkpoint": str(fp32 or DEFAULT_CHECKPOINT), "key": args.key,
+                         "provenance": provenance,
                          "vid4_y_psnr": scores, "gain_over_bicubic": gain, "val": val,
                          "loss": loss, "seconds": seconds, "machine": machine()},
                   "\n".join(lines))

@@ -66,7 +66,8 @@ def test_exported_default_weights_run_like_the_checkpoint(tmp_path, calendar_sma
     graphs = tmp_path / "graphs"
     run_cli("hirn-export", "onnx", "default", "-o", str(graphs), check=True)
     by_torch = run_cli("hirn-run", str(calendar_small_mp4), "-o", str(tmp_path / "torch.mkv"),
-                       "--codec", "ffv1", "--threads", "1", check=True)
+                       "--checkpoint", "default", "--codec", "ffv1", "--threads", "1",
+                       check=True)
     assert "built-in default weights" in by_torch.stderr
     run_cli("hirn-run", str(calendar_small_mp4), "-o", str(tmp_path / "onnx.mkv"), "--onnx",
             str(graphs), "--precision", "fp32", "--codec", "ffv1", "--threads", "1", check=True)
