@@ -275,6 +275,10 @@ def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
     if run_config.resume and (demo or "-" in (str(input), str(output))):
         raise click.UsageError("--resume needs an input file and an output path (not the "
                                "demo, not a pipe): its segments are kept beside the output")
+    if demo and backend_config.weights is None:  # the demo's short clip: built-in weights
+        from hirn.core.default_weights import DEFAULT_CHECKPOINT
+
+        backend_config = replace(backend_config, checkpoint=DEFAULT_CHECKPOINT)
     backend_config = _resolve(backend_config, quiet)
     if demo:
         from hirn.runtime.demo import run_demo
