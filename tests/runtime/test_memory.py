@@ -69,10 +69,14 @@ def test_bound_against_a_measured_window(wide):
     import subprocess
     import sys
 
-    peaks = [int(subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True,
-                                text=True, check=True).stdout) for n in (2, 16)]
-    for n, peak in zip((16,), peaks[1:]):
-        measured = peak - peaks[0]
+    def peak(n: int) -> int:
+        return int(subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True,
+                                  text=True, check=True).stdout)
+
+    # peak RSS moves with the allocator from run to run: the median of three growths
+    growths = sorted(peak(16) - peak(2) for _ in range(3))
+    peaks = [0, growths[1]]
+    for n, measured in zip((16,), peaks[1:]):
         bound = window_bytes(wide, n, 64, 64, 4) - window_bytes(wide, 2, 64, 64, 4)
         print(f"{n} frames: bound {bound / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
         assert WINDOW_BOUND_MIN_SHARE * measured <= bound <= measured
