@@ -39,7 +39,7 @@ from hirn.core.files import atomic_write_text, natural_key
 from hirn.runtime.progress import note
 from hirn.runtime.streams import StreamCopier
 from hirn.runtime.video import FrameSink, FrameSource, open_sink
-from hirn.runtime.video_writer import VIDEO_FORMATS, make_temp
+from hirn.runtime.video_writer import VIDEO_FORMATS, close_quietly, make_temp
 from hirn.runtime.windows import Window
 
 if TYPE_CHECKING:
@@ -375,10 +375,5 @@ class _Joined(FrameSink):
         self._container = None
 
     def _release(self) -> None:
-        for thing in (self._audio, self._container):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # aborting: the temporary goes anyway
-                    pass
+        close_quietly(self._audio, self._container)
         self._audio = self._container = None

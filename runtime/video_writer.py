@@ -258,13 +258,19 @@ class VideoSink(FrameSink):
         self._container = None
 
     def _release(self) -> None:
-        for thing in (self._audio, self._container):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # aborting: the temporary goes anyway
-                    pass
+        close_quietly(self._audio, self._container)
         self._audio = self._container = None
+
+
+def close_quietly(*things) -> None:
+    """Close what is open while aborting: an error there changes nothing (the temporary
+    output goes anyway)."""
+    for thing in things:
+        if thing is not None:
+            try:
+                thing.close()
+            except Exception:
+                pass
 
 
 class ImageFolderSink(FrameSink):
