@@ -36,7 +36,7 @@ import click  # noqa: E402
 from hirn.core.constants import PRECISIONS  # noqa: E402
 from hirn.core.errors import HirnError, OutputExistsError  # noqa: E402
 from hirn.core.logs import logging_options  # noqa: E402
-from hirn.runtime.backends.base import BACKENDS, BackendConfig  # noqa: E402
+from hirn.runtime.backends.base import BACKENDS, DEFAULT_BATCH, BackendConfig  # noqa: E402
 from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig  # noqa: E402
 from hirn.runtime.tiles import DEFAULT_TILE_OVERLAP, parse_tile  # noqa: E402
 from hirn.runtime.video_writer import CODECS, DEFAULT_CRF  # noqa: E402
@@ -82,14 +82,15 @@ benchmarks/results/window_memory.md): each feature map is dropped after its last
 reader, so a window frame holds about one map until its decode. A window whose
 peak (counted from the same order) exceeds the free memory (of the GPU, or of
 this machine) is refused before any work, with the --batch-size or --window
-that fits. With the defaults
+that fits; without --batch-size, fewer frames are decoded at a time when that is
+what lets a window fit (an information line says so). With the defaults
 ({DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames) the output stays close to processing the whole
 clip at once (benchmarks/results/windowing.md).
 
 Frames too large for even one window (4K on a small GPU, 1080p on a small CPU
 machine) run in spatial tiles (--tile, LR pixels), each through the whole model,
 blended over --tile-overlap pixels; with --tile auto that happens only when a
-window does not fit, and an information line names the tile grid
+window does not fit even decoded one frame at a time, and an information line names the tile grid
 (benchmarks/results/tile_quality.md measures what tiles cost).
 """
 
@@ -166,8 +167,10 @@ def _fps(ctx, param, value: float | None) -> float | None:
                    "does not fit in memory) or none")
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=DEFAULT_TILE_OVERLAP,
               show_default=True, help="LR pixels neighbouring tiles share, blended")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="frames per call of the batchable graphs (encode, flow, decode)")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="frames per call of the batchable graphs (encode, flow, decode) "
+                   f"[default: {DEFAULT_BATCH}, fewer when a window decoded {DEFAULT_BATCH} at "
+                   "a time does not fit in memory]")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of the backend [default: all cores]")
 @click.option("--fps", type=float, callback=_fps,
@@ -191,12 +194,14 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
     backend_config = BackendConfig(backend=backend, checkpoint=checkpoint, onnx_dir=onnx_dir,
                                    engines_dir=engines_dir, device=device,
                                    precision=precision, threads=threads,
-                                   batch_size=batch_size, compile_steps=compile_steps,
+                                   batch_size=batch_size or DEFAULT_BATCH,
+                                   compile_steps=compile_steps,
                                    cuda_graphs=cuda_graphs)
     try:
         run_config = RunConfig(window=window, overlap=overlap, codec=codec, crf=crf, fps=fps,
                                overwrite=overwrite, quiet=quiet, strict=strict, tile=tile,
-                               tile_overlap=tile_overlap, resume=resume, pix_fmt=pix_fmt)
+                               tile_overlap=tile_overlap, resume=resume, pix_fmt=pix_fmt,
+                               fit_batch=batch_size is None)
     except HirnError as error:  # a tile size or overlap that cannot run
         raise click.UsageError(str(error)) from error
     demo = str(input) == "demo"

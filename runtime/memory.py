@@ -209,11 +209,11 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
              f"{needed / _GIB:.1f} GiB, {available / _GIB:.1f} GiB is free)")
     # the need grows with the batch and the window: bisection finds the largest that fits
     advice = None
-    if (batch := _largest(batch_size - 1, lambda b: fits(window, overlap, b))) is not None:
+    if (batch := largest_fitting(batch_size - 1, lambda b: fits(window, overlap, b))) is not None:
         advice = f"--batch-size {batch}"
-    elif (w := _largest(window - 1, lambda w: fits(w, overlap, 1))) is not None:
+    elif (w := largest_fitting(window - 1, lambda w: fits(w, overlap, 1))) is not None:
         advice = f"--batch-size 1 --window {w}"
-    elif overlap and (w := _largest(window, lambda w: fits(w, 0, 1))) is not None:
+    elif overlap and (w := largest_fitting(window, lambda w: fits(w, 0, 1))) is not None:
         advice = f"--batch-size 1 --window {w} --overlap 0"
     if advice is not None:
         raise WindowMemoryError(f"{asked}: use {advice}; nothing was written")
@@ -224,7 +224,7 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
         f"(--precision fp16), or a smaller input; nothing was written")
 
 
-def _largest(most: int, fits: Callable[[int], bool]) -> int | None:
+def largest_fitting(most: int, fits: Callable[[int], bool]) -> int | None:
     """The largest n in [1, most] with ``fits(n)``, for a ``fits`` true up to some n and
     false above it; None when even 1 does not fit."""
     if most < 1 or not fits(1):

@@ -70,6 +70,7 @@ class RunConfig:
     resume: bool = False            # keep finished windows as segments (runtime/resume.py)
     tile: str | tuple[int, int] = AUTO  # auto | none | (height, width) LR px (runtime/tiles.py)
     tile_overlap: int = DEFAULT_TILE_OVERLAP  # least overlap of neighbouring tiles, LR px
+    fit_batch: bool = False         # decode fewer frames at a time when a window needs it
 
     def __post_init__(self):
         check_window(self.window, self.overlap)
@@ -125,7 +126,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
         runner = get_runner()
         tiles = choose_tiles(runner, source.height, source.width, config.tile,
                              config.tile_overlap, config.window, config.overlap, batch_size,
-                             source.frame_count)
+                             source.frame_count, fit_batch=config.fit_batch)
+        batch_size = tiles.batch_size or batch_size
         if tiles.line:
             info(label + tiles.line, config.quiet)
         with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:

@@ -27,7 +27,13 @@ from hirn.core.constants import MIN_SIZE, SCALE, SIZE_MULTIPLE
 from hirn.core.errors import TileError, WindowMemoryError
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import upscale_clip
-from hirn.runtime.memory import available_bytes, check_window_fits, frames_read, window_bytes
+from hirn.runtime.memory import (
+    available_bytes,
+    check_window_fits,
+    frames_read,
+    largest_fitting,
+    window_bytes,
+)
 from hirn.runtime.padding import padded_size
 from hirn.runtime.windows import GOP_FRAMES
 
@@ -171,16 +177,19 @@ def upscale_tiled(runner: Runner, frames: np.ndarray, grid: TileGrid, batch_size
 
 @dataclass(frozen=True)
 class TileChoice:
-    """How a video's windows run: ``grid`` None is untiled; ``line`` says why tiles (or
-    "" when untiled as usual)."""
+    """How a video's windows run: ``grid`` None is untiled; ``line`` says why tiles or a
+    smaller batch (or "" when as asked); ``batch_size`` the frames per batchable call (None:
+    as asked)."""
 
     grid: TileGrid | None
     line: str = ""
+    batch_size: int | None = None
 
 
 def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int, int],
                  overlap: int, window: int, window_overlap: int, batch_size: int,
-                 frame_count: int | None, available: int | None = None) -> TileChoice:
+                 frame_count: int | None, available: int | None = None,
+                 fit_batch: bool = False) -> TileChoice:
     """The tiles for LR frames of ``height x width`` under ``--tile`` (``tile``, ``overlap``).
 
     ``none`` and ``auto`` when the whole window fits run untiled (``none`` refuses a window
@@ -191,6 +200,9 @@ def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int,
     Args:
         window, window_overlap: the video's windows (``--window``, ``--overlap``).
         available: free bytes where the runner keeps its arrays (None: read them).
+        fit_batch: under ``auto``, first decode fewer frames at a time when that lets whole
+            frames fit (the batch was not asked for; tiles cost quality, a smaller batch only
+            a little speed).
     """
     check_tile(tile, overlap)
     frames = frames_read(window, window_overlap, GOP_FRAMES, frame_count)
@@ -219,6 +231,12 @@ def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int,
         return TileChoice(grid, f"tiles: {grid.describe()} (--tile {tile[0]}x{tile[1]})")
     if available is None or whole <= available:
         return TileChoice(None)
+    if fit_batch and (batch := largest_fitting(batch_size - 1, lambda b: window_bytes(
+            runner, frames, height, width, b) <= available)) is not None:
+        return TileChoice(None, f"decoding {batch} frame{'s' if batch > 1 else ''} at a time: "
+                                f"a {width}x{height} window decoded {batch_size} at a time "
+                                f"needs {whole / _GIB:.1f} GiB, {available / _GIB:.1f} GiB "
+                                f"free", batch)
     grid = largest_grid(h, w, overlap, lambda g: need(g) <= available)
     if grid is None:  # not even the smallest tiles: the usual refusal, with its advice
         check_window_fits(runner, height, width, window, window_overlap, batch_size,

@@ -17,6 +17,7 @@ import numpy as np
 from hirn.core.errors import BackendError
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+DEFAULT_BATCH = 4  # frames per call of the batchable graphs, unless a window needs fewer
 
 # /proc/cpuinfo flags of CPUs that compute bfloat16 natively (AMD Zen 4+, Intel Xeon since
 # Sapphire Rapids); elsewhere bfloat16 is emulated, many times slower than FP32
@@ -37,7 +38,7 @@ class BackendConfig:
     precision: str | None = None          # fp32 | fp16 | bf16 (None: fp32, an ONNX folder's
                                           # own for onnxruntime)
     threads: int | None = None            # CPU threads (None: the library's default)
-    batch_size: int = 4                   # frames per call of the batchable graphs
+    batch_size: int = DEFAULT_BATCH       # frames per call of the batchable graphs
     cuda_graphs: bool = False             # torch, tensorrt: replay steps as CUDA graphs
     compile_steps: bool = False           # torch: torch.compile the step modules
                                           # (the demo); a real run refuses

@@ -180,6 +180,28 @@ def test_auto_tiles_a_1080p_window_that_does_not_fit(device):
                            f"{available / GIB:.1f} GiB free")
 
 
+def test_a_540p_window_of_the_published_model_fits_a_24_gib_machine_decoded_fewer_at_a_time():
+    """960x540 with the default window: decoded 4 frames at a time the window needs more
+    than a 24 GiB machine has free (20 GiB here), so without --batch-size fewer frames are
+    decoded at a time (the same output) rather than cutting the frames into tiles; with
+    --batch-size 4 asked, auto tiles."""
+    runner = _runner()
+    available = 20 * GIB
+    frames = frames_read(24, 4, GOP_FRAMES, None)
+    assert _whole(runner, 540, 960) > available
+    choice = choose_tiles(runner, 540, 960, "auto", 16, 24, 4, 4, None, available=available,
+                          fit_batch=True)
+    print(choice.line)
+    batch = choice.batch_size
+    assert choice.grid is None and batch is not None and 1 <= batch < 4
+    assert window_bytes(runner, frames, 540, 960, batch) <= available
+    assert window_bytes(runner, frames, 540, 960, batch + 1) > available  # the largest
+    assert choice.line.startswith(f"decoding {batch} frame")
+    assert "a 960x540 window decoded 4 at a time needs" in choice.line
+    asked = choose_tiles(runner, 540, 960, "auto", 16, 24, 4, 4, None, available=available)
+    assert asked.grid is not None and asked.batch_size is None
+
+
 def test_on_a_gpu_only_the_tile_s_window_takes_device_memory():
     """Frames and the stitched output wait in host memory: on a GPU the tile's window is all
     that counts; on the CPU the host holds both."""
