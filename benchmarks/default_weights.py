@@ -1,14 +1,17 @@
 """The default weights: ship a finished ``hirn-train`` run and score it on Vid4.
 
-Takes the last checkpoint of a run of ``configs/default_cpu.yml``, stores its weights in
-FP16 as ``core/weights/hirn_default_x4.pth`` (with the model size and where they come
-from), and scores bicubic, the run's FP32 weights and the shipped FP16 weights on every
-Vid4 clip with ``hirn-eval``'s protocol (Y channel, whole clips). Writes
-``results/default_weights.{json,md,png}`` with the training curve.
+Takes the last checkpoint of the run of ``configs/default_cpu_long.yml`` (stage 2: clips of
+8 frames, from stage 1, ``configs/default_cpu.yml``: clips of 2 frames), stores its weights
+in FP16 as ``core/weights/hirn_default_x4.pth`` (with the model size and where they come
+from), and scores bicubic, (optionally) the run's FP32 weights and the shipped FP16 weights
+on every Vid4 clip with ``hirn-eval``'s protocol (Y channel, whole clips). Writes
+``results/default_weights.{json,md,png}`` with the training curves.
 
     hirn-prepare data/default
-    OMP_NUM_THREADS=1 hirn-train configs/default_cpu.yml --work-dir runs/default
-    python benchmarks/default_weights.py runs/default
+    hirn-train configs/default_cpu.yml             # stage 1: experiments/default_cpu
+    hirn-train configs/default_cpu_long.yml        # stage 2: experiments/default_cpu_long
+    python benchmarks/default_weights.py experiments/default_cpu_long \
+        --first-stage experiments/default_cpu --key params
 """
 
 from __future__ import annotations
@@ -53,13 +56,32 @@ def ship(run: Path, key: str) -> tuple[Path, dict]:
     return last, provenance
 
 
+def _curve_table(title: str, val: list[dict], loss: list[dict], protocol: str) -> list[str]:
+    """A stage's validation curve and training time, as Markdown lines."""
+    lines = ["", f"{title}: validation (Y) on {protocol}:", "",
+             "| iteration | HiRN | HiRN EMA | bicubic |", "| ---: | ---: | ---: | ---: |"]
+    bicubic = next((r["val_psnr_bicubic"] for r in val if "val_psnr_bicubic" in r), float("nan"))
+    for r in val:
+        lines.append(f"| {r['iter']} | {r.get('val_psnr', float('nan')):.3f} | "
+                     f"{r.get('val_psnr_ema', float('nan')):.3f} | {bicubic:.3f} |")
+    if loss:
+        total = loss[-1].get("time", 0)
+        lines += ["", f"{loss[-1]['iter']} iterations in {total / 60:.1f} min of training, "
+                  f"{total / loss[-1]['iter']:.2f} s per iteration (a shared 2-core machine)."]
+    return lines
+
+
 def _shipped() -> dict:
     return torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)["provenance"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", type=Path, help="hirn-train work dir of configs/default_cpu.yml")
+    parser.add_argument("run", type=Path,
+                        help="hirn-train work dir of configs/default_cpu_long.yml")
+    parser.add_argument("--first-stage", type=Path,
+                        help="hirn-train work dir of configs/default_cpu.yml (its curve)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for scoring")
     parser.add_argument("--key", default="params_ema", choices=["params", "params_ema"])
     parser.add_argument("--max-frames", type=int, default=None, help="per clip (default: all)")
     parser.add_argument("--no-ship", action="store_true", help="score the weights shipped now")
@@ -68,7 +90,7 @@ def main() -> None:
     parser.add_argument("--report", help="hirn-eval -o JSON of --checkpoint default (no pass)")
     parser.add_argument("--bicubic-report", help="hirn-eval -o JSON of --method bicubic")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     fp32, provenance = ship(args.run, args.key) if not args.no_ship else (None, _shipped())
     root = default_data_root()
@@ -97,7 +119,9 @@ def main() -> None:
     lines = ["# Default weights: trained on CPU, scored on Vid4", "",
              f"`python benchmarks/default_weights.py RUN` on iteration "
              f"{provenance['iteration']} of "
-             f"`configs/default_cpu.yml` ({args.key}), stored in FP16 as "
+             "`configs/default_cpu_long.yml` (stage 2: clips of 8 frames, started from "
+             "stage 1, `configs/default_cpu.yml`: clips of 2 frames) "
+             f"({args.key}), stored in FP16 as "
              f"`core/weights/hirn_default_x4.pth` ({DEFAULT_CHECKPOINT.stat().st_size / 1e6:.1f} "
              f"MB). HiRN of {provenance['model']['mid_channels']} channels and "
              f"{provenance['model']['num_blocks']} block(s), SpyNet "
@@ -109,17 +133,13 @@ def main() -> None:
     for c in [*clips, "mean"]:
         lines.append(f"| {c} | " + " | ".join(f"{v[c]:.2f}" for v in scores.values())
                      + f" | {gain[c]:+.2f} |")
-    lines += ["", "Training curve (validation on the held-out clips, 64x64 LR crops of 8 "
-              "frames, Y):",
-              "", "| iteration | HiRN | HiRN EMA | bicubic |", "| ---: | ---: | ---: | ---: |"]
+    stages = [("Stage 2", args.run, "whole held-out clips (12 to 30 frames), 64x64 LR crops")]
+    if args.first_stage:
+        stages.insert(0, ("Stage 1", args.first_stage, "the first 8 frames of the held-out "
+                          "clips, 64x64 LR crops"))
+    for title, run, protocol in stages:
+        lines += _curve_table(title, *read_log(run), protocol)
     bicubic_val = next((r.get("val_psnr_bicubic") for r in val if "val_psnr_bicubic" in r), None)
-    for r in val:
-        lines.append(f"| {r['iter']} | {r.get('val_psnr', float('nan')):.3f} | "
-                     f"{r.get('val_psnr_ema', float('nan')):.3f} | {bicubic_val:.3f} |")
-    if loss:
-        total = loss[-1].get("time", 0)
-        lines += ["", f"{loss[-1]['iter']} iterations in {total / 60:.1f} min of training, "
-                  f"{total / loss[-1]['iter']:.2f} s per iteration (one core)."]
     lines += ["", "Scoring time (one thread): "
               + (", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "from the reports"),
               "", f"Measured on {machine()['cpu']}, one thread."]

@@ -29,6 +29,19 @@ def tone(seconds: float, rate: int = TONE_RATE, channels: int = 2) -> np.ndarray
     return np.repeat(wave[None], channels, axis=0)
 
 
+def encode_frames(out, stream, frames, in_format: str = "rgb24", flush: bool = True) -> None:
+    """Encode ``frames`` into ``stream`` of the open container ``out``, numbered 0, 1, ...
+    in the stream's time base; ``flush`` sends the encoder's last packets too."""
+    import av
+
+    for index, image in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=in_format)
+        frame.pts = index
+        out.mux(stream.encode(frame))
+    if flush:
+        out.mux(stream.encode(None))
+
+
 def write_video(path: Path, frames, *, codec: str = "libx264", pix_fmt: str = "yuv420p",
                 in_format: str = "rgb24", fps: int | Fraction = CLIP_FPS,
                 audio: tuple | None = None, options: dict | None = None,
@@ -48,11 +61,7 @@ def write_video(path: Path, frames, *, codec: str = "libx264", pix_fmt: str = "y
             sound = out.add_stream(audio_codec, rate=rate)
             sound.layout = "stereo" if samples.shape[0] == 2 else "mono"
         out.start_encoding()
-        for index, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=in_format)
-            frame.pts = index
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        encode_frames(out, video, frames, in_format)
         if sound is not None:
             fmt = sound.codec_context.format
             data = samples
@@ -94,10 +103,22 @@ def synthetic_frames(count: int = 6, width: int = 64, height: int = 48, seed: in
 
 
 @pytest.fixture(scope="session")
+def small_model():
+    """A HiRN of 16 channels and 1 block with seeded random weights, for backend parity."""
+    import torch
+
+    from hirn.train import HiRN
+
+    torch.manual_seed(7)
+    return HiRN(mid_channels=16, num_blocks=1).eval()
+
+
+@pytest.fixture(scope="session")
 def media():
     """The media helpers of this file, for tests (conftest modules cannot be imported)."""
     return types.SimpleNamespace(write_video=write_video, write_images=write_images, tone=tone,
                                  synthetic_frames=synthetic_frames, fps=CLIP_FPS,
+                                 encode_frames=encode_frames,
                                  tone_rate=TONE_RATE)
 
 

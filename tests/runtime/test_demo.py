@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from support import RUN_TORCH_MAX_LEVELS, run_cli
+from support import DEMO_SCORE_DB_ATOL, PRINTED_DB_ATOL, RUN_TORCH_MAX_LEVELS, run_cli
 
 from hirn.core.default_weights import DEFAULT_CHECKPOINT
 from hirn.core.errors import BackendError
@@ -30,12 +30,9 @@ from hirn.runtime.weights import infer_backend
 from hirn.train import load_model
 from hirn.train.metrics import psnr
 
-# Tolerances, all in one place.
-PRINTED_DB_ATOL = 0.006  # PSNR printed with 2 decimals
 MIN_TEXTURE = 100.0  # variance of the Laplacian of an original frame: real detail to recover
 MIN_MOTION = 10.0  # mean absolute change between two frames, in 8-bit levels
 LABEL_ROWS = 30  # rows of the side-by-side picture that carry the labels
-SCORE_DB_ATOL = 0.01  # the demo's HiRN PSNR vs the model's own output (values within one level)
 
 
 def test_the_synthetic_clip_moves_has_detail_and_is_always_the_same():
@@ -114,5 +111,5 @@ def test_demo_hirn_panel_and_psnr_come_from_the_model(tmp_path, capsys, tiny_che
     assert np.abs(panel - sr[1][LABEL_ROWS:]).max() <= RUN_TORCH_MAX_LEVELS
     assert not np.array_equal(panel, bicubic(lr)[1][LABEL_ROWS:])
     expected = np.mean([psnr(s, o) for s, o in zip(sr, original)])
-    assert scores["hirn"] == pytest.approx(expected, abs=SCORE_DB_ATOL)
+    assert scores["hirn"] == pytest.approx(expected, abs=DEMO_SCORE_DB_ATOL)
     assert f"HiRN {scores['hirn']:.2f} dB" in out

@@ -18,19 +18,12 @@ from hirn.runtime.backends.onnxruntime_backend import (
 )
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.memory import window_bytes
-from hirn.train import HiRN
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(7)
-    return HiRN(mid_channels=16, num_blocks=1).eval()
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, model):
+def folder(tmp_path_factory, small_model):
     folder = tmp_path_factory.mktemp("ort") / "graphs"
-    export_onnx(None, folder, model=model)
+    export_onnx(None, folder, model=small_model)
     return folder
 
 
@@ -58,13 +51,14 @@ def test_the_cpu_runner_describes_itself_from_the_manifest(runner):
         runner.run("step_backward_first", feature)
 
 
-def test_memory_bound_reads_the_runner_s_attributes(runner, model):
-    assert window_bytes(runner, 16, 64, 80, 2) == window_bytes(TorchRunner(model), 16, 64, 80, 2)
+def test_memory_bound_reads_the_runner_s_attributes(runner, small_model):
+    expected = window_bytes(TorchRunner(small_model), 16, 64, 80, 2)
+    assert window_bytes(runner, 16, 64, 80, 2) == expected
 
 
-def test_graph_outputs_equal_the_torch_runner_s(runner, model):
+def test_graph_outputs_equal_the_torch_runner_s(runner, small_model):
     frames = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-    expected = TorchRunner(model).run("encode", torch.from_numpy(frames)).numpy()
+    expected = TorchRunner(small_model).run("encode", torch.from_numpy(frames)).numpy()
     out = runner.run("encode", runner.from_numpy(frames))
     assert out.shape == expected.shape and np.abs(out - expected).max() <= ONNX_GRAPH_ATOL
 

@@ -33,7 +33,6 @@ from hirn.runtime.backends.base import cpu_has_native_bf16
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.driver import upscale_clip
 from hirn.runtime.video import read_frames
-from hirn.train import HiRN
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
 
@@ -56,17 +55,11 @@ def cache_in_tmp(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(7)
-    return HiRN(mid_channels=16, num_blocks=1).eval()
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory, model):
+def folders(tmp_path_factory, small_model):
     """The small model exported with each DeformConv form OpenVINO reads."""
     root = tmp_path_factory.mktemp("ov")
     for dcn in ("onnx", "decomposed"):
-        export_onnx(None, root / dcn, ExportOptions(dcn=dcn), model=model)
+        export_onnx(None, root / dcn, ExportOptions(dcn=dcn), model=small_model)
     return {dcn: root / dcn for dcn in ("onnx", "decomposed")}
 
 
@@ -85,11 +78,11 @@ def _inputs(runner, graph: str, rng) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("dcn", ["onnx", "decomposed"])
 @pytest.mark.parametrize("graph", ["encode", "flow", "step_group", "decode"])
-def test_each_graph_equals_the_torch_step_module(folders, model, dcn, graph):
+def test_each_graph_equals_the_torch_step_module(folders, small_model, dcn, graph):
     """``dcn=onnx`` goes through the DeformConv -> DeformableConvolution extension."""
     runner = OpenVinoRunner(folders[dcn], threads=1)
     inputs = _inputs(runner, graph, np.random.default_rng(0))
-    expected = TorchRunner(model).run(graph, *map(torch.from_numpy, inputs)).numpy()
+    expected = TorchRunner(small_model).run(graph, *map(torch.from_numpy, inputs)).numpy()
     out = runner.run(graph, *inputs)
     assert out.shape == expected.shape and out.dtype == np.float32
     assert np.abs(out - expected).max() <= ONNX_GRAPH_ATOL
@@ -193,12 +186,12 @@ def test_hirn_run_bf16_stays_within_the_stated_psnr(calendar_small_mp4, tiny_onn
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 "
                     "(no avx512_bf16 / amx_bf16 flag): torch would emulate it, 17x slower")
-def test_torch_bf16_keeps_flows_in_fp32_and_stays_close(model):
-    runner = TorchRunner(model, precision="bf16")
+def test_torch_bf16_keeps_flows_in_fp32_and_stays_close(small_model):
+    runner = TorchRunner(small_model, precision="bf16")
     assert runner.zeros("feature", 1, 64, 64).dtype == torch.bfloat16 and runner.element_size == 2
     assert runner.zeros("flow", 1, 64, 64).dtype == torch.float32
     clip = np.random.default_rng(3).random((3, 3, 64, 64), dtype=np.float32)
-    out, expected = upscale_clip(runner, clip), upscale_clip(TorchRunner(model), clip)
+    out, expected = upscale_clip(runner, clip), upscale_clip(TorchRunner(small_model), clip)
     db = psnr(np.clip(out, 0, 1), np.clip(expected, 0, 1))
     assert TORCH_BF16_MIN_PSNR_DB <= db < 150  # close, and not FP32 under another name
 
@@ -207,12 +200,12 @@ def test_torch_bf16_keeps_flows_in_fp32_and_stays_close(model):
 # Refusals, and the choice of the default path
 
 
-def test_bf16_is_refused_on_a_cpu_without_it(folders, model, monkeypatch, tmp_path,
+def test_bf16_is_refused_on_a_cpu_without_it(folders, small_model, monkeypatch, tmp_path,
                                              calendar_small_mp4):
     with pytest.raises(BackendError, match="computes bfloat16 natively.*--precision fp32"):
         OpenVinoRunner(folders["onnx"], precision="bf16", native_bf16=lambda core: False)
     with pytest.raises(BackendError, match="computes bfloat16 natively.*--precision fp32"):
-        TorchRunner(model, precision="bf16", native_bf16=lambda: False)
+        TorchRunner(small_model, precision="bf16", native_bf16=lambda: False)
     # through hirn-run: OpenVINO's capabilities say no BF16
     from hirn.runtime.backends import openvino_backend
 
@@ -235,8 +228,8 @@ def test_options_the_backend_lacks_are_refused(folders, options, message):
         create_runner(BackendConfig(backend="openvino", onnx_dir=folders["onnx"], **options))
 
 
-def test_folders_it_cannot_read_and_other_backends_on_gpu_are_refused(model, tmp_path):
-    export_onnx(None, tmp_path / "fp16", ExportOptions(precision="fp16"), model=model)
+def test_folders_it_cannot_read_and_other_backends_on_gpu_are_refused(small_model, tmp_path):
+    export_onnx(None, tmp_path / "fp16", ExportOptions(precision="fp16"), model=small_model)
     with pytest.raises(BackendError, match="holds fp16 graphs.*--precision fp32"):
         OpenVinoRunner(tmp_path / "fp16")
     with pytest.raises(BackendError, match="needs --onnx DIR"):

@@ -27,9 +27,10 @@ DEFAULT = av.stream.Disposition.default
 FORCED = av.stream.Disposition.forced
 
 
-def write_rich_mkv(path: Path, frames, fps: int) -> Path:
+def write_rich_mkv(path: Path, media, frames) -> Path:
     """An MKV of ``frames`` (H.264) with everything a film file carries besides them."""
     height, width = frames[0].shape[:2]
+    fps = media.fps
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
@@ -52,11 +53,7 @@ def write_rich_mkv(path: Path, frames, fps: int) -> Path:
                            "time_base": Fraction(1, 1000), "metadata": {"title": title}}
                           for i, (title, start, end) in enumerate(CHAPTERS)])
         out.start_encoding()
-        for index, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        media.encode_frames(out, video, frames)
         cue = av.Packet(SUBTITLE.encode())
         cue.stream, cue.time_base = text, Fraction(1, 1000)
         cue.pts = cue.dts = 0
@@ -99,7 +96,7 @@ def contents(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def rich_mkv(tmp_path_factory, media) -> Path:
     frames = media.synthetic_frames(4, 80, 64)  # valid model input as it is
-    return write_rich_mkv(tmp_path_factory.mktemp("rich") / "film.mkv", frames, media.fps)
+    return write_rich_mkv(tmp_path_factory.mktemp("rich") / "film.mkv", media, frames)
 
 
 def test_the_rich_mkv_holds_what_the_tests_expect(rich_mkv):
@@ -182,11 +179,7 @@ def test_timecode_and_cover_pictures_cross_containers(tmp_path, media):
         cover.width, cover.height, cover.pix_fmt = 16, 16, "yuvj420p"
         cover.disposition = av.stream.Disposition.attached_pic
         out.start_encoding()
-        for index, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        media.encode_frames(out, video, frames)
         picture = av.Packet(jpeg.tobytes())
         picture.stream = cover
         out.mux(picture)

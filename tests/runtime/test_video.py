@@ -187,11 +187,7 @@ def test_rotated_video_comes_out_upright(tmp_path, media, degrees, turns, way):
         stream = out.add_stream("png", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
         stream.set_display_rotation(degrees)
-        for index, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+        media.encode_frames(out, stream, frames)
     source = open_source(path)
     assert (source.width, source.height) == ((48, 64) if turns % 2 else (64, 48))
     assert source.notes == [f"frames turned {way}, as the video's display rotation asks"]
