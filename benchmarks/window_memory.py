@@ -2,6 +2,8 @@
 against the bound hirn-run checks.
 
     python benchmarks/window_memory.py [--size 96] [--frames 16,32]
+    python benchmarks/window_memory.py --size 540x960 --frames 4 --context 0 --batch 1 \
+        --orders liveness --name window_memory_540p
 
 Each window (random LR frames of SIZE x SIZE, windows that write all but 4 context frames
 on each side) runs in a fresh process through the runtime driver (torch backend, CPU,
@@ -17,51 +19,68 @@ LR pixel, is what a window frame costs; ``hirn.runtime.memory.window_bytes`` is 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import click
 from common import REFERENCE_WEIGHTS, machine, write_results
 
 from hirn.runtime.memory import window_bytes
 
-BATCH = 4  # frames per batchable call, hirn-run's default
-CONTEXT = 4  # frames read but not written on each side
 ORDERS = ("plan", "liveness", "streamed")
 
 
-def _keep(frames: int) -> slice:
-    return slice(CONTEXT, frames - CONTEXT)
+def _keep(frames: int, context: int) -> slice:
+    return slice(context, frames - context)
 
 
-def _one_window(order: str, frames: int, size: int) -> None:
-    """Run in the child: one window of ``frames`` frames, then exit."""
+def _size(text: str) -> tuple[int, int]:
+    """``96`` (square) or ``540x960`` (height x width), LR pixels."""
+    h, _, w = text.partition("x")
+    return int(h), int(w or h)
+
+
+def _one_window(order: str, frames: int, size: tuple[int, int], batch: int,
+                context: int) -> None:
+    """Run in the child: one window of ``frames`` frames, then print this process's peak
+    resident memory in KiB. The peak is reset first: the kernel's ``ru_maxrss`` keeps the
+    parent's across fork and exec."""
     import numpy as np
 
+    Path("/proc/self/clear_refs").write_text("5")
+
     from hirn.runtime.backends.torch_backend import TorchRunner
-    from hirn.runtime.driver import upscale_clip, upscale_clip_in_plan_order
     from hirn.train import load_model
 
     runner = TorchRunner(load_model(REFERENCE_WEIGHTS))
-    clip = np.random.default_rng(0).random((frames, 3, size, size), dtype=np.float32)
-    if not frames:
-        return
+    clip = np.random.default_rng(0).random((frames, 3, *size), dtype=np.float32)
+    if frames:
+        _run(runner, clip, order, batch, _keep(frames, context))
+    status = Path("/proc/self/status").read_text()
+    print(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+
+def _run(runner, clip, order: str, batch: int, keep: slice) -> None:
+    from hirn.runtime.driver import upscale_clip, upscale_clip_in_plan_order
+
     if order == "plan":
-        upscale_clip_in_plan_order(runner, clip, BATCH, _keep(frames))
+        upscale_clip_in_plan_order(runner, clip, batch, keep)
     elif order == "liveness":
-        upscale_clip(runner, clip, BATCH, _keep(frames))
+        upscale_clip(runner, clip, batch, keep)
     else:
-        upscale_clip(runner, clip, BATCH, _keep(frames), on_output=lambda i, hr: None)
+        upscale_clip(runner, clip, batch, keep, on_output=lambda i, hr: None)
 
 
-def _peak_mib(order: str, frames: int, size: int) -> float:
-    process = subprocess.Popen([sys.executable, __file__, "--child", order, str(frames),
-                                "--size", str(size)])
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status):
+def _peak_mib(order: str, frames: int, size: tuple[int, int], batch: int,
+              context: int) -> float:
+    child = subprocess.run([sys.executable, __file__, "--child", order, str(frames),
+                            "--size", f"{size[0]}x{size[1]}", "--batch", str(batch),
+                            "--context", str(context)], stdout=subprocess.PIPE, text=True)
+    if child.returncode:
         raise SystemExit(f"the {frames}-frame window ({order}) failed")
-    return usage.ru_maxrss / 1024
+    return int(child.stdout.split()[-1]) / 1024
 
 
 def _per_pixel_frame(rows: list[dict], key: str, pixels: int) -> float:
@@ -70,64 +89,87 @@ def _per_pixel_frame(rows: list[dict], key: str, pixels: int) -> float:
 
 
 @click.command()
-@click.option("--size", default=96, show_default=True, help="LR frames are SIZE x SIZE")
+@click.option("--size", default="96", show_default=True,
+              help="LR frames: SIZE (square) or HxW")
+@click.option("--batch", default=4, show_default=True,
+              help="frames per call of the batchable graphs (hirn-run's default: 4)")
+@click.option("--context", default=4, show_default=True,
+              help="frames read but not written on each side of the window")
+@click.option("--name", default="window_memory", show_default=True,
+              help="results/NAME.{json,md}")
 @click.option("--frames", default="16,32", show_default=True, help="window lengths (frames read)")
 @click.option("--orders", default=",".join(ORDERS), show_default=True,
               help="orders to measure, of " + ", ".join(ORDERS))
 @click.option("--child", nargs=2, hidden=True)
-def main(size: int, frames: str, orders: str, child: tuple[str, str] | None) -> None:
+def main(size: str, batch: int, context: int, name: str, frames: str, orders: str,
+         child: tuple[str, str] | None) -> None:
+    size = _size(size)
     if child:
-        _one_window(child[0], int(child[1]), size)
+        _one_window(child[0], int(child[1]), size, batch, context)
         return
     from hirn.runtime.backends.torch_backend import TorchRunner
     from hirn.train import load_model
 
     runner = TorchRunner(load_model(REFERENCE_WEIGHTS))
     lengths = [int(f) for f in frames.split(",")]
-    baseline = _peak_mib("plan", 0, size)
+    height, width = size
+    baseline = _peak_mib("plan", 0, size, batch, context)
+    half = SimpleNamespace(device="cpu", mid_channels=runner.mid_channels, element_size=2)
     rows = []
     chosen = [o for o in ORDERS if o in orders.split(",")]
     for order in chosen:
         for n in lengths:
-            bound = (window_bytes(runner, n, size, size, BATCH, _keep(n)) / 2**20
-                     if order == "liveness" else None)
+            live = order == "liveness"
+            bound = (window_bytes(runner, n, height, width, batch, _keep(n, context)) / 2**20
+                     if live else None)
+            bound_half = (window_bytes(half, n, height, width, batch, _keep(n, context))
+                          / 2**20 if live else None)
             rows.append({"order": order, "frames": n,
-                         "peak_mib": _peak_mib(order, n, size) - baseline, "bound_mib": bound})
+                         "peak_mib": _peak_mib(order, n, size, batch, context) - baseline,
+                         "bound_mib": bound, "bound_half_mib": bound_half})
             print(rows[-1], flush=True)
-    pixels = size * size
-    per_frame = {o: _per_pixel_frame([r for r in rows if r["order"] == o], "peak_mib", pixels)
-                 for o in chosen}
+    pixels = height * width
     live = [r for r in rows if r["order"] == "liveness"]
-    bound_per_frame = _per_pixel_frame(live, "bound_mib", pixels)
-    payload = {"size": size, "batch": BATCH, "baseline_mib": baseline, "rows": rows,
+    growth = len(lengths) > 1
+    per_frame = ({o: _per_pixel_frame([r for r in rows if r["order"] == o], "peak_mib", pixels)
+                  for o in chosen} if growth else {})
+    bound_per_frame = {key: _per_pixel_frame(live, key, pixels)
+                       for key in ("bound_mib", "bound_half_mib")} if growth and live else {}
+    payload = {"size": [height, width], "batch": batch, "context": context,
+               "baseline_mib": baseline, "rows": rows,
                "measured_bytes_per_pixel_frame": per_frame,
                "bound_bytes_per_pixel_frame": bound_per_frame,
                "bound_over_measured": [r["bound_mib"] / r["peak_mib"] for r in live],
                "machine": machine()}
     lines = ["# One window's memory (published model size, CPU)", "",
-             f"Random {size}x{size} LR frames, reference weights, torch backend FP32, batches "
-             f"of {BATCH}, {CONTEXT} context frames on each side; one window per fresh process: "
-             f"peak RSS from the kernel less the {baseline:.0f} MiB of a process with the model "
-             "loaded. `plan`: the plan's own order keeping every map (before); `liveness`: "
-             "`upscale_clip` (after), its output returned; `streamed`: each decoded batch "
-             "handed on. Bound: `hirn.runtime.memory.window_bytes`, what hirn-run checks "
-             "against the free memory.", "",
-             "| order | frames read | peak MiB | bound MiB | bound / peak |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             f"Random {width}x{height} LR frames, reference weights, torch backend FP32, "
+             f"batches of {batch}, {context} context frames on each side; one window per fresh "
+             f"process: its peak RSS (VmHWM, reset at its start) less the {baseline:.0f} MiB of"
+             " a process with the model loaded. `plan`: the plan's own order keeping every map"
+             " (before); `liveness`: `upscale_clip` (after), its output returned; `streamed`: "
+             "each decoded batch handed on. Bound: `hirn.runtime.memory.window_bytes`, what "
+             "hirn-run checks against the free memory; FP16 bound: the same with feature maps "
+             "in 2 bytes (flows, frames and outputs stay FP32), for half-precision runs.", "",
+             "| order | frames read | peak MiB | bound MiB | bound / peak | FP16 bound MiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         bound = "" if r["bound_mib"] is None else f"{r['bound_mib']:.0f}"
         ratio = "" if r["bound_mib"] is None else f"{r['bound_mib'] / r['peak_mib']:.2f}"
+        bound_half = "" if r["bound_half_mib"] is None else f"{r['bound_half_mib']:.0f}"
         lines.append(f"| {r['order']} | {r['frames']} | {r['peak_mib']:.0f} | {bound} | "
-                     f"{ratio} |")
-    lines += ["", "Bytes per LR pixel per extra window frame (growth between the two lengths): "
-              + ", ".join(f"{o} {per_frame[o]:.0f}" for o in chosen)
-              + f"; the bound counts {bound_per_frame:.0f} (liveness)."
-              + (f" Before / after: {per_frame['plan'] / per_frame['liveness']:.1f}x."
-                 if "plan" in per_frame else ""),
-              "", "Half precision cannot run on this CPU (the torch backend's FP16 needs CUDA); "
-              "its bound holds feature maps in 2 bytes (flows, frames and outputs stay FP32).",
-              "", f"Machine: AMD EPYC, 2 shared cores, no avx512_bf16; {machine()}"]
-    write_results("window_memory", payload, "\n".join(lines))
+                     f"{ratio} | {bound_half} |")
+    if per_frame:
+        lines += ["", "Bytes per LR pixel per extra window frame (growth between the two "
+                  "lengths): " + ", ".join(f"{o} {per_frame[o]:.0f}" for o in chosen)
+                  + (f"; the bound counts {bound_per_frame['bound_mib']:.0f} (liveness), "
+                     f"{bound_per_frame['bound_half_mib']:.0f} with FP16 features."
+                     if bound_per_frame else ".")
+                  + (f" Before / after: {per_frame['plan'] / per_frame['liveness']:.1f}x."
+                     if "plan" in per_frame and "liveness" in per_frame else "")]
+    lines += ["", "Half precision cannot run on this CPU (the torch backend's FP16 needs CUDA, "
+              "bfloat16 a CPU with avx512_bf16): its figures are the bound only.",
+              "", f"Machine: {machine()}"]
+    write_results(name, payload, "\n".join(lines))
 
 
 if __name__ == "__main__":
