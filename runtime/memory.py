@@ -31,10 +31,11 @@ _FLOW_CHANNELS = 2
 _LR_CHANNELS = 3
 
 # What one call holds beyond its inputs and output, in maps of the run's feature precision
-# per frame: measured on the torch backend (CPU, FP32, published size, 96-256 px frames) and
-# rounded down, so the bound stays below what a window needs.
-_STEP_MAPS = 72     # a propagation step: measured 80 (the deformable convolution samples 9
-                    # taps of 128 channels, then weights them by the mask: 2 x 18 maps)
+# per frame: measured on the torch backend (CPU, FP32, published size, 96-256 px frames and
+# 960x540) and rounded down, so the bound stays below what a window needs.
+_STEP_MAPS = 70     # a propagation step: measured 80 at 96-256 px, about 71 at 960x540
+                    # (benchmarks/results/window_memory_540p.md; the deformable convolution
+                    # samples 9 taps of 128 channels, then weights them by the mask)
 _ENCODE_MAPS = 4    # encode, per frame of its batch: measured 4.1
 _FLOW_MAPS = 3      # SpyNet's pyramid, per flow of the batch: measured 3.2
 _DECODE_HR_MAPS = 3  # decode, per frame: 64-channel maps at the output size, measured 3.3
