@@ -48,6 +48,7 @@ MIN_FPS, MAX_FPS = 1 / 1000, 10_000
 HELP = f"""Upscale INPUT x4 into OUTPUT with HiRN.
 
 \b
+  hirn-run video.mp4 -o video_x4.mp4                (the built-in weights)
   hirn-run video.mp4 -o video_x4.mp4 --checkpoint hirn.pth
   hirn-run video.mp4 -o video_x4.mkv --onnx graphs/ --codec ffv1
   hirn-run videos/ -o upscaled/ --checkpoint hirn.pth
@@ -128,7 +129,8 @@ def _fps(ctx, param, value: float | None) -> float | None:
               help="video file, PNG folder, or (batch) output folder; demo: its folder "
                    "[default: hirn-demo]")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="HiRN weights (.pth) for the torch backend")
+              help="HiRN weights (.pth) for the torch backend; 'default' (also when no "
+                   "weights are given): the small built-in weights")
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path),
               help="a folder from hirn-export onnx, for the openvino (default on the CPU) "
                    "or onnxruntime backend")
@@ -280,10 +282,6 @@ def _dispatch(input: Path, output: Path | None, backend_config: BackendConfig,
     if run_config.resume and (demo or "-" in (str(input), str(output))):
         raise click.UsageError("--resume needs an input file and an output path (not the "
                                "demo, not a pipe): its segments are kept beside the output")
-    if demo and backend_config.weights is None:  # the demo's short clip: built-in weights
-        from hirn.core.default_weights import DEFAULT_CHECKPOINT
-
-        backend_config = replace(backend_config, checkpoint=DEFAULT_CHECKPOINT)
     backend_config = _resolve(backend_config, quiet)
     if demo:
         from hirn.runtime.demo import run_demo

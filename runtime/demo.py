@@ -4,19 +4,17 @@ It draws a short clip (a textured background panning behind moving shapes and te
 shrinks it 4x with MATLAB's bicubic ``imresize`` (the degradation HiRN is trained for),
 writes those frames as the input, upscales them through the same pipeline as ``hirn-run
 INPUT -o OUTPUT`` and compares bicubic and HiRN with the original. Without ``--checkpoint``
-(or ``--onnx``/``--engines``) it uses the built-in weights
-(:mod:`hirn.core.default_weights`), which do well on a clip this short.
+(or ``--onnx``/``--engines``) it uses the built-in weights, as ``hirn-run`` does
+(:mod:`hirn.core.default_weights`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import click
 import numpy as np
 
-from hirn.core.default_weights import DEFAULT_CHECKPOINT
 from hirn.runtime.backends import BackendConfig
 from hirn.runtime.padding import SCALE
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
@@ -117,8 +115,6 @@ def run_demo(folder: Path, backend: BackendConfig, frames: int | None = None,
             sink.write(image)
     info(f"hirn-run demo: {frames} synthetic frames, {width}x{height} -> "
          f"{SCALE * width}x{SCALE * height}", quiet)
-    if backend.weights is None:  # a short synthetic clip: the built-in weights do well
-        backend = replace(backend, checkpoint=DEFAULT_CHECKPOINT)
     backend = infer_backend(backend)
     runner = create_runner(backend)
     info(f"weights: {backend.weights}; {runner.describe()}", quiet)

@@ -1,6 +1,6 @@
 """Which backend a run uses, from the one source of weights given: a checkpoint (torch), an
 ONNX folder (onnxruntime) or an engine folder (tensorrt), or the built-in default weights
-asked for by name (``--checkpoint default``). Loads nothing heavy.
+(``--checkpoint default``, or no weights at all). Loads nothing heavy.
 
 Building the runner is :func:`hirn.runtime.backends.create_runner`'s alone.
 """
@@ -16,15 +16,11 @@ from hirn.runtime.backends.base import BackendConfig
 
 log = logging.getLogger(__name__)
 
-NO_WEIGHTS = ("no weights given: pass --checkpoint FILE (the published HiRN checkpoints: "
-              "https://github.com/YounggjuuChoi/HiRN, Model Zoo), --onnx DIR or --engines DIR; "
-              "--checkpoint default takes the small built-in weights, which fall below bicubic "
-              "on clips longer than about 24 frames (see the README)")
-
 
 def infer_backend(config: BackendConfig) -> BackendConfig:
     """Fill in ``backend`` from the one weights option given (``backend=None``: infer);
-    ``--checkpoint default`` names the built-in weights."""
+    ``--checkpoint default`` names the built-in weights, which the torch backend also takes
+    when given no weights (an information line says which weights run)."""
     given = {"torch": config.checkpoint, "onnxruntime": config.onnx_dir,
              "tensorrt": config.engines_dir}
     named = {"torch": "--checkpoint", "onnxruntime": "--onnx", "openvino": "--onnx",
@@ -39,12 +35,8 @@ def infer_backend(config: BackendConfig) -> BackendConfig:
     elif present and named[present[0]] != named.get(backend):
         raise BackendError(f"--backend {backend} does not run {named[present[0]]}; "
                            f"{named.get(backend)} is what it needs (or leave --backend out)")
-    if config.checkpoint is not None and str(config.checkpoint) == DEFAULT_NAME:
+    named_default = config.checkpoint is not None and str(config.checkpoint) == DEFAULT_NAME
+    if named_default or (not present and backend == "torch"):
         config = replace(config, checkpoint=DEFAULT_CHECKPOINT)
-    if config.checkpoint == DEFAULT_CHECKPOINT:
         log.info("weights: %s", DEFAULT_SUMMARY)
-    if not present and backend == "torch":
-        # The built-in weights fall below bicubic on clips longer than about 24 frames
-        # (benchmarks/results/default_weights.md): they are used only when asked for.
-        raise BackendError(NO_WEIGHTS)
     return replace(config, backend=backend)

