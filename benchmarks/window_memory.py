@@ -19,6 +19,7 @@ LR pixel, is what a window frame costs; ``hirn.runtime.memory.window_bytes`` is 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ from common import REFERENCE_WEIGHTS, machine, write_results
 from hirn.runtime.memory import window_bytes
 
 ORDERS = ("plan", "liveness", "streamed")
+# glibc raises its mmap threshold as large blocks are freed; maps of a few MB then come from
+# a fragmenting heap and peak RSS moves by tens of percent from run to run. A fixed threshold
+# returns every map of 1 MiB or more on free: the peak is the window's own.
+MALLOC_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 
 def _keep(frames: int, context: int) -> slice:
@@ -77,7 +82,8 @@ def _peak_mib(order: str, frames: int, size: tuple[int, int], batch: int,
               context: int) -> float:
     child = subprocess.run([sys.executable, __file__, "--child", order, str(frames),
                             "--size", f"{size[0]}x{size[1]}", "--batch", str(batch),
-                            "--context", str(context)], stdout=subprocess.PIPE, text=True)
+                            "--context", str(context)], stdout=subprocess.PIPE, text=True,
+                           env=MALLOC_ENV)
     if child.returncode:
         raise SystemExit(f"the {frames}-frame window ({order}) failed")
     return int(child.stdout.split()[-1]) / 1024
@@ -145,8 +151,9 @@ def main(size: str, batch: int, context: int, name: str, frames: str, orders: st
              f"Random {width}x{height} LR frames, reference weights, torch backend FP32, "
              f"batches of {batch}, {context} context frames on each side; one window per fresh "
              f"process: its peak RSS (VmHWM, reset at its start) less the {baseline:.0f} MiB of"
-             " a process with the model loaded. `plan`: the plan's own order keeping every map"
-             " (before); `liveness`: `upscale_clip` (after), its output returned; `streamed`: "
+             " a process with the model loaded (glibc's mmap threshold fixed at 1 MiB). "
+             "`plan`: the plan's own order keeping every map (before); `liveness`: "
+             "`upscale_clip` (after), its output returned; `streamed`: "
              "each decoded batch handed on. Bound: `hirn.runtime.memory.window_bytes`, what "
              "hirn-run checks against the free memory; FP16 bound: the same with feature maps "
              "in 2 bytes (flows, frames and outputs stay FP32), for half-precision runs.", "",
