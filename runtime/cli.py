@@ -91,7 +91,8 @@ clip at once (benchmarks/results/windowing.md).
 Frames too large for even one window (4K on a small GPU, 1080p on a small CPU
 machine) run in spatial tiles (--tile, LR pixels), each through the whole model,
 blended over --tile-overlap pixels; with --tile auto that happens only when a
-window does not fit even decoded one frame at a time, and an information line names the tile grid
+window does not fit (without --batch-size: not even decoded one frame at a time),
+and an information line names the tile grid
 (benchmarks/results/tile_quality.md measures what tiles cost).
 """
 
