@@ -274,6 +274,9 @@ def run_module(name: str, mutmut_settings: dict, module: dict, source: str, jobs
     # a run stopped early: score the mutants it checked, and say how many it did not
     not_checked = sum(1 for v in statuses.values() if v == "not checked")
     statuses = {k: v for k, v in statuses.items() if v != "not checked"}
+    if not statuses:
+        sys.exit(f"{name}: no mutant was checked: its tests fail unmutated? (see "
+                 f"{root / 'run.log'})")
     verdicts = earlier.get("timeout_verdicts", {}) if (again or collect) else {}
     statuses.update({k: v for k, v in verdicts.items() if statuses.get(k) == "timeout"})
     recheck_timeouts(root, statuses)
@@ -398,8 +401,13 @@ def main() -> None:
         m = previous[name]
         print(f"{name}: {m['killed']}/{m['mutants']} killed, {m['equivalent']} equivalent, "
               f"{m['unexplained']} unexplained", flush=True)
-    # other runs may have written their modules meanwhile: merge into the file as it is now
-    done = {n: previous[n] for n in args.modules.split(",")}
+        write({name: m}, modules)  # each module as it ends: a later one may fail
+
+
+def write(done: dict, modules: dict) -> None:
+    """Merge ``done`` into the results as they are now (other runs may have written their
+    modules meanwhile)."""
+    path = RESULTS / "mutation.json"
     previous = json.loads(path.read_text())["modules"] if path.exists() else {}
     previous.update(done)
     ordered = {n: previous[n] for n in modules if n in previous}
@@ -407,7 +415,7 @@ def main() -> None:
     path.write_text(json.dumps({"tool": f"mutmut {version('mutmut')}", "modules": ordered},
                                indent=2) + "\n")
     (RESULTS / "mutation.md").write_text(markdown(ordered) + "\n")
-    print(f"wrote {path} and mutation.md")
+    print(f"wrote {path} and mutation.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ released. Steps whose output nothing decoded depends on (context frames at a win
 are not run at all. The arithmetic of every step is unchanged: each step reads the same
 inputs as in plan order, so the outputs are the same to the bit.
 
+With ``recompute_backward`` the backward maps are not all kept from the first phase to
+their decode: only two consecutive ones every ``recompute_backward`` frames are (a backward
+step reads the two maps after it), and the others are computed again from them just before
+the group of pictures that reads them. The whole window's backward maps are what its peak
+holds otherwise (256 bytes per LR pixel per frame in FP32); recomputing costs about one more
+pass of the backward branch.
+
 With ``encode_batch`` the spatial features are not kept between the backward branch and the
 rest: each batch of frames is encoded once for the backward branch and once again for the
 other branches (``encode`` costs about a tenth of a frame's work, a held map 256 bytes per
@@ -101,11 +108,13 @@ def task_outputs(task: Task) -> tuple[FeatureRef, ...]:
 
 
 def _pull_order(plan: Plan, decode_batches: list[tuple[int, ...]],
-                table: dict[int, tuple[FeatureRef | None, ...]]) -> list[Step | Decode]:
+                table: dict[int, tuple[FeatureRef | None, ...]],
+                done: set[FeatureRef] | None = None) -> list[Step | Decode]:
     """Steps and decodes, each step just before the first task that needs it (no recursion:
-    a branch's chain of dependencies is as long as the clip)."""
+    a branch's chain of dependencies is as long as the clip). ``done``: maps already made
+    and kept (their steps do not run again)."""
     producer = {s.output: s for s in plan.steps}
-    done: set[FeatureRef] = set()
+    done = set() if done is None else set(done)
     order: list[Step | Decode] = []
     for batch in decode_batches:
         wanted = [r for f in batch for r in table[f] if r is not None]
@@ -132,7 +141,20 @@ def _phase(task: Step | Decode) -> int:
     return 0 if isinstance(task, Step) and task.branch == "backward" else 1
 
 
-def _with_encodes(order: list[Step | Decode], batch: int, num_frames: int,
+def _recomputing(plan: Plan, order: list[Step | Decode], decode_batches: list[tuple[int, ...]],
+                 table: dict[int, tuple[FeatureRef | None, ...]], every: int
+                 ) -> tuple[list[Step | Decode], list[int]]:
+    """The backward steps of ``order``, then the rest pulled again with only the backward
+    maps of frames ``k * every`` and ``k * every + 1`` kept: the others are made again by
+    their steps when first read, from the nearest kept pair after them. The tasks and the
+    phase of each."""
+    first = sorted((t for t in order if _phase(t) == 0), key=lambda s: -s.frame)
+    kept = {s.output for s in first if s.frame % every in (0, 1)}
+    rest = _pull_order(plan, decode_batches, table, kept)
+    return first + rest, [0] * len(first) + [1] * len(rest)
+
+
+def _with_encodes(order: list[Step | Decode], phases: list[int], batch: int, num_frames: int,
                   reads: list[tuple[Value, ...]]) -> tuple[list[Task], list[tuple[Value, ...]]]:
     """Insert an encode of a frame's batch before its first reader in each phase; the tasks
     and what each reads."""
@@ -140,9 +162,9 @@ def _with_encodes(order: list[Step | Decode], batch: int, num_frames: int,
     task_reads_: list[tuple[Value, ...]] = []
     encoded: set[int] = set()  # batches encoded in the current phase
     phase = 0
-    for task, values in zip(order, reads):
-        if _phase(task) != phase:
-            phase, encoded = _phase(task), set()
+    for task, task_phase, values in zip(order, phases, reads):
+        if task_phase != phase:
+            phase, encoded = task_phase, set()
         for value in values:
             if isinstance(value, FeatureRef) and value.source == SPATIAL:
                 k = value.frame // batch
@@ -175,7 +197,8 @@ def _releases(tasks: list[Task], reads: list[tuple[Value, ...]]) -> list[tuple[V
 
 @lru_cache(maxsize=256)
 def make_schedule(num_frames: int, decode: tuple[int, ...] | None = None,
-                  batch_size: int = 1, encode_batch: int | None = None) -> Schedule:
+                  batch_size: int = 1, encode_batch: int | None = None,
+                  recompute_backward: int | None = None) -> Schedule:
     """The execution order of ``make_plan(num_frames)`` and its releases.
 
     Args:
@@ -184,14 +207,22 @@ def make_schedule(num_frames: int, decode: tuple[int, ...] | None = None,
         encode_batch: frames per encode task, recomputing the spatial maps after the
             backward branch (None: no encode tasks; the caller provides every spatial map
             before the walk).
+        recompute_backward: keep the backward maps of two frames in this many, and compute
+            the others again when the rest of the clip reads them (None: keep all; the
+            output is the same either way).
     """
+    if recompute_backward is not None and recompute_backward < 2:
+        raise ValueError(f"recompute_backward must be at least 2, got {recompute_backward}")
     plan = make_plan(num_frames)
     frames = list(range(num_frames)) if decode is None else list(decode)
     batches = [tuple(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
     table = decode_table(plan)
     order = _pull_order(plan, batches, table)
+    phases = [_phase(task) for task in order]
+    if recompute_backward:
+        order, phases = _recomputing(plan, order, batches, table, recompute_backward)
     reads = [task_reads(plan, task, table) for task in order]
     tasks: list[Task] = list(order)
     if encode_batch:
-        tasks, reads = _with_encodes(order, encode_batch, num_frames, reads)
+        tasks, reads = _with_encodes(order, phases, encode_batch, num_frames, reads)
     return Schedule(plan, tuple(tasks), tuple(_releases(tasks, reads)))

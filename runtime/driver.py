@@ -14,6 +14,7 @@ from hirn.core.recurrence import walk
 from hirn.core.schedule import SPATIAL, FeatureRef, FlowRef, mirrored
 
 from .backends.base import Runner
+from .padding import crop_output, to_samples
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -28,7 +29,8 @@ def is_mirror_extended(frames: np.ndarray) -> bool:
 
 def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
                  keep: slice = slice(None),
-                 on_output: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray | None:
+                 on_output: Callable[[int, np.ndarray], None] | None = None,
+                 recompute_backward: int | None = None) -> np.ndarray | None:
     """Run the whole model on one clip, in the order of :mod:`hirn.core.liveness`.
 
     Frames wait in host memory and go to the device per call. The backward branch runs
@@ -45,13 +47,16 @@ def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
             that only it reads.
         on_output: ``(index, hr)`` for each decoded batch ``[B, 3, 4H, 4W]`` float32, its
             first frame being ``index`` in ``keep``; the output is then not held here.
+        recompute_backward: keep two backward maps in this many frames and compute the
+            others again when read (less memory, the same output; None: keep them all).
 
     Returns:
         ``[len(keep), 3, 4H, 4W]`` float32, not clamped (None with ``on_output``).
     """
     t, _, h, w = frames.shape
     kept = list(range(t))[keep]
-    schedule = make_schedule(t, tuple(kept), batch_size, encode_batch=batch_size)
+    schedule = make_schedule(t, tuple(kept), batch_size, encode_batch=batch_size,
+                             recompute_backward=recompute_backward)
 
     def lq(indices: tuple[int, ...]) -> object:
         first = indices[0]
@@ -86,6 +91,26 @@ def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
          encode=lambda batch: runner.split(runner.run("encode", lq(batch))),
          decode=decode)
     return out
+
+
+class SampleCollector:
+    """Takes :func:`upscale_clip`'s decoded batches (``on_output=collector.put``) as 8- or
+    16-bit samples ``[T, 4 height, 4 width, 3]``, cropped to the LR ``height x width``: the
+    output of a window then waits in a quarter (or half) of its FP32 size. Frames whose
+    output holds NaN or Inf are listed in ``bad`` (counted from 0), their samples not set."""
+
+    def __init__(self, frames: int, height: int, width: int, dtype=np.uint8):
+        self.height, self.width, self.dtype = height, width, dtype
+        self.samples = np.empty((frames, SCALE * height, SCALE * width, 3), dtype)
+        self.bad: list[int] = []
+
+    def put(self, first: int, hr: np.ndarray) -> None:
+        hr = crop_output(hr, self.height, self.width)
+        finite = np.isfinite(hr).reshape(len(hr), -1).all(axis=1)
+        if finite.all():
+            self.samples[first:first + len(hr)] = to_samples(hr, self.dtype)
+        else:
+            self.bad.extend(int(first + i) for i in np.flatnonzero(~finite))
 
 
 def upscale_clip_in_plan_order(runner: Runner, frames: np.ndarray, batch_size: int = 4,

@@ -40,6 +40,12 @@ _ENCODE_MAPS = 4    # encode, per frame of its batch: measured 4.1
 _FLOW_MAPS = 3      # SpyNet's pyramid, per flow of the batch: measured 3.2
 _DECODE_HR_MAPS = 3  # decode, per frame: 64-channel maps at the output size, measured 3.3
 
+# When a window does not fit, its backward maps are kept two in a group of pictures and the
+# others computed again when read (hirn.core.liveness): the same output, for one more pass
+# of the backward branch, and a window's peak grows by less per frame
+# (benchmarks/results/window_memory.md).
+RECOMPUTE_EVERY = GOP_FRAMES
+
 
 @dataclass(frozen=True)
 class _Sizes:
@@ -48,29 +54,33 @@ class _Sizes:
     feature: int     # a feature map, in the run's precision
     flow: int        # a flow or composed chain (FP32)
     lr: int          # an LR frame (host, FP32)
-    hr: int          # a decoded HR frame (FP32), held until the window is written
+    hr: int          # a decoded HR frame (FP32), until it is made samples
+    samples: int     # a written frame's 8-bit samples, held until the window is written
     decode: int      # what decoding one frame holds meanwhile
     host: bool       # whether frames and outputs share the memory counted (CPU)
 
 
 def window_bytes(runner: Runner, frames: int, height: int, width: int,
-                 batch_size: int = 1, keep: slice | None = None) -> int:
+                 batch_size: int = 1, keep: slice | None = None,
+                 recompute_backward: int | None = None) -> int:
     """The peak memory of a window of ``frames`` LR frames of this size (padded), written
     frames ``keep`` (None: all), in the driver's order (:mod:`hirn.core.liveness`): the most,
     over its tasks, of what is alive then (feature maps until their last reader, flows and
-    chains, LR frames and the HR outputs decoded so far on the host) plus what the running
-    call holds meanwhile. On a GPU only the device's share is counted: frames and outputs
-    wait on the host."""
+    chains, LR frames and the 8-bit samples of the frames decoded so far on the host, as
+    ``hirn-run`` keeps them) plus what the running call holds meanwhile. On a GPU only the
+    device's share is counted: frames and outputs wait on the host. ``recompute_backward``: as for
+    :func:`~hirn.runtime.driver.upscale_clip`."""
     h, w = padded_size(height, width)
     map_bytes = runner.mid_channels * runner.element_size * h * w
     hr_map = _HR_CHANNELS * runner.element_size * h * w * SCALE**2
     sizes = _Sizes(feature=map_bytes, flow=_FLOW_CHANNELS * _FLOAT32 * h * w,
                    lr=_LR_CHANNELS * _FLOAT32 * h * w,
                    hr=_LR_CHANNELS * _FLOAT32 * h * w * SCALE**2,
+                   samples=_LR_CHANNELS * h * w * SCALE**2,
                    decode=_DECODE_HR_MAPS * hr_map,
                    host=not str(runner.device).startswith("cuda"))
     kept = range(frames)[keep or slice(None)]
-    return _peak(frames, kept.start, kept.stop, batch_size, sizes)
+    return _peak(frames, kept.start, kept.stop, batch_size, sizes, recompute_backward)
 
 
 # Windows up to this many frames are scheduled whole (milliseconds); longer ones are counted
@@ -78,23 +88,26 @@ def window_bytes(runner: Runner, frames: int, height: int, width: int,
 _BUILT_FRAMES = 4 * GOP_FRAMES
 
 
-def _peak(frames: int, start: int, stop: int, batch: int, sizes: _Sizes) -> int:
+def _peak(frames: int, start: int, stop: int, batch: int, sizes: _Sizes,
+          recompute: int | None = None) -> int:
     """Peak bytes of the scheduled window; past a few groups it grows by the same amount per
     group (one more backward map per frame until its decode, one more flow per frame, the
     outputs), so a long window extends the last group's growth from the longest window
     scheduled whole (two schedules in all: the advice's bisection stays fast)."""
     if frames <= _BUILT_FRAMES:
-        return _simulate(frames, start, stop, batch, sizes)
+        return _simulate(frames, start, stop, batch, sizes, recompute)
     extra = frames - _BUILT_FRAMES  # frames beyond, all taken off the written ones
-    built = _simulate(_BUILT_FRAMES, start, stop - extra, batch, sizes)
+    built = _simulate(_BUILT_FRAMES, start, stop - extra, batch, sizes, recompute)
     shorter = _simulate(_BUILT_FRAMES - GOP_FRAMES, start, stop - extra - GOP_FRAMES, batch,
-                        sizes)
+                        sizes, recompute)
     return built + extra * (built - shorter) // GOP_FRAMES
 
 
 @lru_cache(maxsize=1024)
-def _simulate(frames: int, start: int, stop: int, batch: int, sizes: _Sizes) -> int:
-    schedule = make_schedule(frames, tuple(range(start, stop)), batch, encode_batch=batch)
+def _simulate(frames: int, start: int, stop: int, batch: int, sizes: _Sizes,
+              recompute: int | None = None) -> int:
+    schedule = make_schedule(frames, tuple(range(start, stop)), batch, encode_batch=batch,
+                             recompute_backward=recompute)
     flows = schedule.flows()
     held = frames * sizes.lr if sizes.host else 0
     # all flows first, a batch at a time
@@ -105,7 +118,7 @@ def _simulate(frames: int, start: int, stop: int, batch: int, sizes: _Sizes) -> 
             made = len(task.frames) * sizes.feature
             meanwhile = len(task.frames) * _ENCODE_MAPS * sizes.feature
         elif isinstance(task, Decode):
-            made = len(task.frames) * sizes.hr if sizes.host else 0
+            made = len(task.frames) * sizes.samples if sizes.host else 0
             meanwhile = len(task.frames) * (sizes.decode + sizes.hr)
         else:
             chains = [c for c in (task.flow_a, task.flow_b) if len(c) > 1]
@@ -180,10 +193,23 @@ def frames_read(window: int, overlap: int, min_frames: int, frame_count: int | N
     return min(most, frame_count) if frame_count else most
 
 
+def leanest(need: Callable[[int | None], int], available: int | None
+            ) -> tuple[int, int | None]:
+    """What a window needs and the ``recompute_backward`` to run it with, from ``need``
+    (bytes for a ``recompute_backward``): every backward map kept when that fits (no extra
+    work), else recomputed when that needs less (the same output)."""
+    kept = need(None)
+    if available is None or kept <= available:
+        return kept, None
+    recomputed = need(RECOMPUTE_EVERY)
+    return (recomputed, RECOMPUTE_EVERY) if recomputed < kept else (kept, None)
+
+
 def check_window_fits(runner: Runner, height: int, width: int, window: int, overlap: int,
                       batch_size: int, min_frames: int, frame_count: int | None,
-                      available: int | None = None) -> None:
-    """Raise :class:`WindowMemoryError` when the largest window cannot fit in memory.
+                      available: int | None = None) -> int | None:
+    """Raise :class:`WindowMemoryError` when the largest window cannot fit in memory, even
+    recomputing its backward maps; else the ``recompute_backward`` that makes it fit.
 
     The advice prefers what leaves the output unchanged (a smaller ``--batch-size``), then
     shorter windows, then no overlap.
@@ -193,18 +219,19 @@ def check_window_fits(runner: Runner, height: int, width: int, window: int, over
     """
     available = available_bytes(runner) if available is None else available
     if available is None:
-        return
+        return None
 
-    def need(w: int, ov: int, batch: int) -> int:
-        return window_bytes(runner, frames_read(w, ov, min_frames, frame_count), height,
-                            width, batch)
+    def lean(w: int, ov: int, batch: int) -> tuple[int, int | None]:
+        frames = frames_read(w, ov, min_frames, frame_count)
+        return leanest(lambda r: window_bytes(runner, frames, height, width, batch,
+                                              recompute_backward=r), available)
 
     def fits(w: int, ov: int, batch: int) -> bool:
-        return need(w, ov, batch) <= available
+        return lean(w, ov, batch)[0] <= available
 
-    needed = need(window, overlap, batch_size)
+    needed, recompute = lean(window, overlap, batch_size)
     if needed <= available:
-        return
+        return recompute
     asked = (f"windows of {window} + 2 x {overlap} frames, decoded {batch_size} at a time, "
              f"do not fit in memory ({width}x{height} frames need at least "
              f"{needed / _GIB:.1f} GiB, {available / _GIB:.1f} GiB is free)")

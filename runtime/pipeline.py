@@ -28,8 +28,8 @@ import numpy as np
 
 from hirn.core.errors import BackendError, DamagedFramesError, NonFiniteOutputError
 from hirn.runtime.backends import Runner
-from hirn.runtime.driver import upscale_clip
-from hirn.runtime.padding import SCALE, crop_output, pad_frames, to_float, to_samples
+from hirn.runtime.driver import SampleCollector, upscale_clip
+from hirn.runtime.padding import SCALE, pad_frames, to_float
 from hirn.runtime.progress import info, note, progress_bar
 from hirn.runtime.resume import Segments, open_segments, work_folder
 from hirn.runtime.tiles import (
@@ -132,7 +132,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
             info(label + tiles.line, config.quiet)
         with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
             stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar,
-                            fp32_runner=get_fp32_runner, tiles=tiles.grid)
+                            fp32_runner=get_fp32_runner, tiles=tiles.grid,
+                            recompute_backward=tiles.recompute_backward)
     for text in source.notes + sink.notes + stats.notes:
         if text not in shown:
             note(text)
@@ -143,7 +144,8 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
             batch_size: int = 4, progress: Callable[[int], None] | None = None,
             on_frame: Callable[[np.ndarray], None] | None = None,
             fp32_runner: Callable[[], Runner] | None = None,
-            tiles: TileGrid | None = None) -> RunStats:
+            tiles: TileGrid | None = None,
+            recompute_backward: int | None = None) -> RunStats:
     """Upscale every frame of ``source`` into ``sink`` (which the caller closes or aborts).
 
     Args:
@@ -154,11 +156,12 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
             ``runner`` computed in half precision holds NaN or Inf, to compute it again
             (None: such a window stops the run, as one computed in FP32 always does).
         tiles: run each window in these spatial tiles (None: whole frames).
+        recompute_backward: as for :func:`~hirn.runtime.driver.upscale_clip`.
     """
     stats = RunStats()
     began = time.perf_counter()
     ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
-    recompute = _Recompute(runner, fp32_runner, tiles)
+    recompute = _Recompute(runner, fp32_runner, tiles, recompute_backward)
     with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
         windows = iter_windows(frames, config.window, config.overlap, GOP_FRAMES)
         for index, (window, items) in enumerate(windows):
@@ -172,13 +175,14 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
                 sink.begin(index, window)
             images = pad_frames(to_float(np.stack([image for image, _ in items])))
             clock = time.perf_counter()
-            hr = _upscale_window(runner, images, window, source, batch_size, tiles)
-            if not np.isfinite(hr).all():
-                hr = recompute(images, window, hr, source, batch_size)
-            stats.model_seconds += time.perf_counter() - clock
             # 16 bits where the output keeps more than 8 (a sink without dtype takes 8)
-            kept = to_samples(hr, getattr(sink, "dtype", np.uint8))
-            del hr, images
+            dtype = getattr(sink, "dtype", np.uint8)
+            kept, bad = _upscale_window(runner, images, window, source, batch_size, dtype,
+                                        tiles, recompute_backward)
+            if bad:
+                kept = recompute(images, window, bad, source, batch_size, dtype)
+            stats.model_seconds += time.perf_counter() - clock
+            del images
             for image, (_, pts) in zip(kept, items[window.keep]):
                 if on_frame is not None:
                     on_frame(image)
@@ -196,14 +200,22 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
 
 
 def _upscale_window(runner: Runner, images: np.ndarray, window: Window, source: FrameSource,
-                    batch_size: int, tiles: TileGrid | None = None) -> np.ndarray:
-    """The written frames of one window ``[T, 3, 4H, 4W]`` float32, not clamped, from its
-    padded frames ``images`` ``[N, 3, H', W']``, in ``tiles`` if given."""
+                    batch_size: int, dtype, tiles: TileGrid | None = None,
+                    recompute_backward: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """The written frames of one window as samples ``[T, 4h, 4w, 3]`` of ``dtype``, from its
+    padded frames ``images`` ``[N, 3, H', W']`` (in ``tiles`` if given), and the frames
+    (counted in the window's written ones) whose output held NaN or Inf: their samples are
+    not set. Untiled, each decoded batch becomes samples as it comes, so the window's output
+    waits in 8 or 16 bits rather than in FP32 (a quarter or a half of the memory)."""
+    samples = SampleCollector(len(range(len(images))[window.keep]), source.height,
+                              source.width, dtype)
     if tiles is None:
-        hr = upscale_clip(runner, images, batch_size, window.keep)
+        upscale_clip(runner, images, batch_size, window.keep, on_output=samples.put,
+                     recompute_backward=recompute_backward)
     else:
-        hr = upscale_tiled(runner, images, tiles, batch_size, window.keep)
-    return crop_output(hr, source.height, source.width)
+        samples.put(0, upscale_tiled(runner, images, tiles, batch_size, window.keep,
+                                     recompute_backward))
+    return samples.samples, samples.bad
 
 
 class _Recompute:
@@ -211,17 +223,19 @@ class _Recompute:
     with NaN or Inf otherwise. The FP32 runner is made on first need, then kept."""
 
     def __init__(self, runner: Runner, make_fp32: Callable[[], Runner] | None,
-                 tiles: TileGrid | None = None):
+                 tiles: TileGrid | None = None, recompute_backward: int | None = None):
         # Stand-ins for the model (tests, benchmarks) may pass no runner: FP32 then.
         self._half = getattr(runner, "element_size", 4) == 2
         self._make_fp32 = make_fp32
         self._tiles = tiles
+        self._recompute_backward = recompute_backward
         self._fp32: Runner | None = None
         self.frames: list[int] = []  # output frames that held NaN or Inf in half precision
 
-    def __call__(self, images: np.ndarray, window: Window, hr: np.ndarray,
-                 source: FrameSource, batch_size: int) -> np.ndarray:
-        """The window's output ``hr`` (which holds NaN or Inf) computed again in FP32."""
+    def __call__(self, images: np.ndarray, window: Window, bad: list[int],
+                 source: FrameSource, batch_size: int, dtype) -> np.ndarray:
+        """The window's samples computed again in FP32, its frames ``bad`` (counted in its
+        written ones) having held NaN or Inf."""
         if not self._half:
             raise _non_finite(window, "the weights are probably damaged: not finite, or so "
                                       "large that they overflow (a diverged training run?); "
@@ -229,15 +243,15 @@ class _Recompute:
         if self._make_fp32 is None:
             raise _non_finite(window, "FP16 overflowed (run in FP32: --precision fp32, or "
                                       "graphs exported in fp32), or the weights are damaged")
-        bad = np.flatnonzero(~np.isfinite(hr).reshape(len(hr), -1).all(axis=1))
         fp32 = self._fp32_runner(window)
-        hr = _upscale_window(fp32, images, window, source, batch_size, self._tiles)
-        if not np.isfinite(hr).all():
+        samples, still_bad = _upscale_window(fp32, images, window, source, batch_size, dtype,
+                                             self._tiles, self._recompute_backward)
+        if still_bad:
             raise _non_finite(window, "in FP32 too, so the weights are probably damaged "
                                       "(not finite, or so large that they overflow); check "
                                       "or replace them")
-        self.frames.extend(int(window.keep_start + i) for i in bad)
-        return hr
+        self.frames.extend(window.keep_start + i for i in bad)
+        return samples
 
     def _fp32_runner(self, window: Window) -> Runner:
         if self._fp32 is None:

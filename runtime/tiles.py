@@ -32,6 +32,7 @@ from hirn.runtime.memory import (
     check_window_fits,
     frames_read,
     largest_fitting,
+    leanest,
     window_bytes,
 )
 from hirn.runtime.padding import padded_size
@@ -149,13 +150,14 @@ def feather(axis: tuple[Span, ...]) -> list[np.ndarray]:
 
 
 def upscale_tiled(runner: Runner, frames: np.ndarray, grid: TileGrid, batch_size: int = 4,
-                  keep: slice = slice(None)) -> np.ndarray:
+                  keep: slice = slice(None), recompute_backward: int | None = None
+                  ) -> np.ndarray:
     """:func:`~hirn.runtime.driver.upscale_clip` tile by tile, blended.
 
     Args:
         frames: ``[T, 3, H, W]`` float32, padded (``(H, W) == grid.frame``); they stay in
             host memory, and only one tile's crop goes to the runner at a time.
-        keep: the frames to decode, as for ``upscale_clip``.
+        keep, recompute_backward: as for ``upscale_clip``.
 
     Returns:
         ``[len(keep), 3, 4H, 4W]`` float32, not clamped.
@@ -163,13 +165,15 @@ def upscale_tiled(runner: Runner, frames: np.ndarray, grid: TileGrid, batch_size
     if frames.shape[-2:] != grid.frame:
         raise ValueError(f"frames of {frames.shape[-2:]} for a tile grid over {grid.frame}")
     if len(grid) == 1:
-        return upscale_clip(runner, frames, batch_size, keep)
+        return upscale_clip(runner, frames, batch_size, keep,
+                            recompute_backward=recompute_backward)
     kept = len(range(len(frames))[keep])
     out = np.zeros((kept, 3, SCALE * frames.shape[2], SCALE * frames.shape[3]), np.float32)
     for (y0, y1), wy in zip(grid.rows, feather(grid.rows)):
         for (x0, x1), wx in zip(grid.cols, feather(grid.cols)):
             crop = np.ascontiguousarray(frames[:, :, y0:y1, x0:x1])
-            hr = upscale_clip(runner, crop, batch_size, keep)
+            hr = upscale_clip(runner, crop, batch_size, keep,
+                              recompute_backward=recompute_backward)
             hr *= wy[:, None] * wx[None, :]
             out[..., SCALE * y0:SCALE * y1, SCALE * x0:SCALE * x1] += hr
     return out
@@ -177,13 +181,20 @@ def upscale_tiled(runner: Runner, frames: np.ndarray, grid: TileGrid, batch_size
 
 @dataclass(frozen=True)
 class TileChoice:
-    """How a video's windows run: ``grid`` None is untiled; ``line`` says why tiles or a
-    smaller batch (or "" when as asked); ``batch_size`` the frames per batchable call (None:
-    as asked)."""
+    """How a video's windows run: ``grid`` None is untiled; ``line`` says why tiles, a
+    smaller batch or recomputed backward maps (or "" when as asked); ``batch_size`` the
+    frames per batchable call (None: as asked); ``recompute_backward`` as for
+    :func:`~hirn.runtime.driver.upscale_clip`."""
 
     grid: TileGrid | None
     line: str = ""
     batch_size: int | None = None
+    recompute_backward: int | None = None
+
+
+def _recompute_note(recompute: int | None) -> str:
+    return (f"; backward maps kept 2 in {recompute} frames, the others computed again (the "
+            f"same output, one more pass of the backward branch)" if recompute else "")
 
 
 def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int, int],
@@ -207,51 +218,80 @@ def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int,
     check_tile(tile, overlap)
     frames = frames_read(window, window_overlap, GOP_FRAMES, frame_count)
     if tile == NONE:
-        check_window_fits(runner, height, width, window, window_overlap, batch_size,
-                          GOP_FRAMES, frame_count, available)
-        return TileChoice(None)
+        recompute = check_window_fits(runner, height, width, window, window_overlap,
+                                      batch_size, GOP_FRAMES, frame_count, available)
+        return TileChoice(None, _recompute_line(recompute, width, height),
+                          recompute_backward=recompute)
     available = available_bytes(runner) if available is None else available
     h, w = padded_size(height, width)
-    whole = window_bytes(runner, frames, height, width, batch_size)
 
-    def need(grid: TileGrid) -> int:
-        return tile_bytes(runner, grid, frames, batch_size)
+    def lean_whole(batch: int) -> tuple[int, int | None]:
+        return leanest(lambda r: window_bytes(runner, frames, height, width, batch,
+                                              recompute_backward=r), available)
+
+    def lean_tiles(grid: TileGrid) -> tuple[int, int | None]:
+        return leanest(lambda r: tile_bytes(runner, grid, frames, batch_size, r), available)
 
     if tile != AUTO:
         grid = make_grid(height, width, *tile, overlap)
-        if available is not None and need(grid) > available:
-            best = largest_grid(h, w, overlap, lambda g: need(g) <= available)
+        need, recompute = lean_tiles(grid)
+        if available is not None and need > available:
+            best = largest_grid(h, w, overlap, lambda g: lean_tiles(g)[0] <= available)
             advice = (f"use --tile {best.size[0]}x{best.size[1]} (or --tile auto)"
                       if best else "use a machine or GPU with more memory, or shorter "
                                    "windows (--window, --overlap)")
             raise WindowMemoryError(
                 f"tiles of {tile[0]}x{tile[1]} LR px do not fit in memory (windows of "
-                f"{frames} frames need at least {need(grid) / _GIB:.1f} GiB, "
+                f"{frames} frames need at least {need / _GIB:.1f} GiB, "
                 f"{available / _GIB:.1f} GiB is free): {advice}; nothing was written")
-        return TileChoice(grid, f"tiles: {grid.describe()} (--tile {tile[0]}x{tile[1]})")
+        return TileChoice(grid, f"tiles: {grid.describe()} (--tile {tile[0]}x{tile[1]})"
+                                f"{_recompute_note(recompute)}", recompute_backward=recompute)
+    whole = window_bytes(runner, frames, height, width, batch_size)
     if available is None or whole <= available:
         return TileChoice(None)
-    if fit_batch and (batch := largest_fitting(batch_size - 1, lambda b: window_bytes(
-            runner, frames, height, width, b) <= available)) is not None:
+    lean, recompute = lean_whole(batch_size)
+    if lean <= available:
+        return TileChoice(None, _recompute_line(recompute, width, height, whole, available),
+                          recompute_backward=recompute)
+    if fit_batch and (batch := largest_fitting(
+            batch_size - 1, lambda b: lean_whole(b)[0] <= available)) is not None:
+        recompute = lean_whole(batch)[1]
         return TileChoice(None, f"decoding {batch} frame{'s' if batch > 1 else ''} at a time: "
                                 f"a {width}x{height} window decoded {batch_size} at a time "
                                 f"needs {whole / _GIB:.1f} GiB, {available / _GIB:.1f} GiB "
-                                f"free", batch)
-    grid = largest_grid(h, w, overlap, lambda g: need(g) <= available)
+                                f"free{_recompute_note(recompute)}", batch, recompute)
+    grid = largest_grid(h, w, overlap, lambda g: lean_tiles(g)[0] <= available)
     if grid is None:  # not even the smallest tiles: the usual refusal, with its advice
         check_window_fits(runner, height, width, window, window_overlap, batch_size,
                           GOP_FRAMES, frame_count, available)
         return TileChoice(None)
+    recompute = lean_tiles(grid)[1]
     return TileChoice(grid, f"tiles: {grid.describe()}: a whole {width}x{height} window "
-                            f"needs {whole / _GIB:.1f} GiB, {available / _GIB:.1f} GiB free")
+                            f"needs {whole / _GIB:.1f} GiB, {available / _GIB:.1f} GiB free"
+                            f"{_recompute_note(recompute)}", recompute_backward=recompute)
 
 
-def tile_bytes(runner: Runner, grid: TileGrid, frames: int, batch_size: int) -> int:
+def _recompute_line(recompute: int | None, width: int, height: int, whole: int | None = None,
+                    available: int | None = None) -> str:
+    """The information line of a window that fits only with its backward maps recomputed
+    ("" when they are kept)."""
+    if not recompute:
+        return ""
+    need = (f": a {width}x{height} window keeping them all needs {whole / _GIB:.1f} GiB, "
+            f"{available / _GIB:.1f} GiB free" if whole is not None else
+            f" for {width}x{height} windows to fit in memory")
+    return (f"recomputing backward maps (2 kept in {recompute} frames; the same output, "
+            f"one more pass of the backward branch){need}")
+
+
+def tile_bytes(runner: Runner, grid: TileGrid, frames: int, batch_size: int,
+               recompute_backward: int | None = None) -> int:
     """What a window of ``frames`` needs run in these tiles: one tile's window where the
     runner keeps its arrays, plus, when that is this host, the whole window's frames and
     stitched output (and the tile's output before it is added in)."""
     tile_h, tile_w = grid.size
-    need = window_bytes(runner, frames, tile_h, tile_w, batch_size)
+    need = window_bytes(runner, frames, tile_h, tile_w, batch_size,
+                        recompute_backward=recompute_backward)
     if not str(runner.device).startswith("cuda"):
         h, w = grid.frame
         per_pixel = 3 + _HR_CHANNELS * SCALE**2  # LR frame, x4 output

@@ -10,11 +10,15 @@ from hirn.core.liveness import Decode, Encode, make_schedule, task_reads
 from hirn.core.recurrence import walk
 from hirn.core.schedule import SPATIAL, FeatureRef, FlowRef, Step, make_plan
 
-# every clip length, whole or with context frames, with and without re-encoding
-CASES = [(t, keep, batch, encode)
+# every clip length, whole or with context frames, with and without re-encoding, keeping
+# every backward map or recomputing them from two in 16 (the runtime's) or in 5
+CASES = [(t, keep, batch, encode, recompute)
          for t in range(1, 41)
-         for keep, batch, encode in (((0, t), 1, None), ((0, t), 3, 3),
-                                     ((min(4, t - 1), max(t - 4, min(4, t - 1) + 1)), 4, 4))]
+         for keep, batch, encode, recompute in (
+             ((0, t), 1, None, None), ((0, t), 3, 3, None),
+             ((min(4, t - 1), max(t - 4, min(4, t - 1) + 1)), 4, 4, None),
+             ((0, t), 4, 4, 16), ((min(4, t - 1), max(t - 4, min(4, t - 1) + 1)), 3, 3, 5),
+             ((0, t), 1, None, 2))]
 
 
 class Symbols:
@@ -59,15 +63,15 @@ def test_importing_liveness_needs_no_torch():
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("t, keep, batch, encode", CASES)
-def test_scheduled_walk_reads_what_the_plan_order_reads(t, keep, batch, encode):
+@pytest.mark.parametrize("t, keep, batch, encode, recompute", CASES)
+def test_scheduled_walk_reads_what_the_plan_order_reads(t, keep, batch, encode, recompute):
     """Every decode sees the very same computations as in plan order (a value freed too
     early would raise KeyError), each kept frame is decoded once, and at the end nothing
     is left alive."""
     plan, sym = make_plan(t), Symbols()
     expected = _plain(plan, sym)
     frames = tuple(range(*keep))
-    schedule = make_schedule(t, frames, batch, encode)
+    schedule = make_schedule(t, frames, batch, encode, recompute)
     features = Tracked() if encode else Tracked(
         {FeatureRef(SPATIAL, i): sym.spatial(i) for i in range(t)})
     flows = {f: sym("flow", f) for f in plan.flows()}
@@ -88,11 +92,13 @@ def test_scheduled_walk_reads_what_the_plan_order_reads(t, keep, batch, encode):
     assert not features and not (flows.keys() & schedule.flows())
 
 
+@pytest.mark.parametrize("recompute", [None, 16])
 @pytest.mark.parametrize("t", range(1, 41))
-def test_no_value_is_released_before_its_last_reader(t):
+def test_no_value_is_released_before_its_last_reader(t, recompute):
     """Directly on the table: a value released after task k is read by no later task until
-    it is made again (an encoded map), and every read value is alive."""
-    schedule = make_schedule(t, None, 4, 4)
+    it is made again (an encoded map, a recomputed backward map), and every read value is
+    alive."""
+    schedule = make_schedule(t, None, 4, 4, recompute)
     alive: set = set(schedule.flows())
     released_at: dict = {}
     for k, (task, released) in enumerate(zip(schedule.tasks, schedule.release)):
@@ -110,14 +116,14 @@ def test_no_value_is_released_before_its_last_reader(t):
     assert not {v for v in alive if not isinstance(v, tuple)}
 
 
-def _peak_maps(t: int, encode: int | None) -> int:
+def _peak_maps(t: int, encode: int | None, recompute: int | None = None) -> int:
     """The most feature maps the scheduled walk of a ``t``-frame clip holds at once."""
     plan, sym = make_plan(t), Symbols()
     features = Tracked() if encode else Tracked(
         {FeatureRef(SPATIAL, i): sym.spatial(i) for i in range(t)})
     walk(plan, features, {f: sym("flow", f) for f in plan.flows()},
          run_step=lambda s, x: sym(s.output, *x), compose=lambda a, b: sym("compose", a, b),
-         zero_feature=0, zero_flow=0, schedule=make_schedule(t, None, 4, encode),
+         zero_feature=0, zero_flow=0, schedule=make_schedule(t, None, 4, encode, recompute),
          encode=lambda fs: [sym.spatial(f) for f in fs], decode=lambda fs, m: None)
     return features.peak
 
@@ -130,6 +136,20 @@ def test_memory_follows_the_plan():
         assert _peak_maps(t, 4) < _peak_maps(t, None) < 4 * t
     assert _peak_maps(64, 4) - _peak_maps(32, 4) <= 32
     assert _peak_maps(64, None) - _peak_maps(32, None) <= 2 * 32
+
+
+def test_recomputing_the_backward_branch_holds_two_maps_in_16_frames():
+    """Past a group, 16 more frames hold two more maps (a kept pair), not sixteen; the
+    backward steps run once more for every frame outside the kept pairs."""
+    for t in (48, 64):
+        assert _peak_maps(t, 4, 16) < _peak_maps(t, 4) - (t - 40)
+    assert _peak_maps(64, 4, 16) - _peak_maps(48, 4, 16) <= 2
+    assert _peak_maps(80, 4, 16) - _peak_maps(64, 4, 16) <= 2
+    steps = [x for x in make_schedule(64, None, 4, 4, 16).tasks if isinstance(x, Step)]
+    backward = [s.frame for s in steps if s.branch == "backward"]
+    assert sorted(backward) == sorted(list(range(64)) + [f for f in range(64) if f % 16 > 1])
+    with pytest.raises(ValueError, match="at least 2"):
+        make_schedule(8, None, 1, None, 1)
 
 
 def test_groups_of_7_and_16_decode_group_by_group():

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from hirn.core.recurrence import walk
 from hirn.core.schedule import BRANCHES, SPATIAL, FeatureRef, FlowRef, make_plan, mirrored
 
 
@@ -135,3 +136,104 @@ def test_group_l1_is_clipped_to_the_last_frame(t):
         if step.branch == "group":
             done.add(step.frame)
     assert got == CLIPPED_L1[t]
+
+
+# --- the plan against the model description, transcribed independently ----------------------
+# Values are symbols: integers naming how they were computed (interned, so that a clip's
+# deep recurrence stays cheap to compare), equal exactly when two computations read the same
+# inputs in the same order.
+
+_SYMBOLS: dict[tuple, int] = {}
+
+
+def _symbol(*key) -> int:
+    return _SYMBOLS.setdefault(key, len(_SYMBOLS))
+
+
+ZERO, ZERO_FLOW = _symbol("zeros"), _symbol("zero flow")
+
+
+def _compose(a, b):
+    return _symbol("compose", a, b)  # a + warp(b, a)
+
+
+def _described(t: int) -> dict[int, tuple[int, ...]]:
+    """Each frame's decode inputs, computed as shared/design/hirn-model.md describes the
+    propagation, loop by loop."""
+    spatial = {i: _symbol("spatial", i) for i in range(t)}
+    fb = {i: _symbol("flow", "backward", i) for i in range(t - 1)}
+    ff = {i: _symbol("flow", "forward", i) for i in range(t - 1)}
+
+    def linear(branch, frames, flow, d, context):
+        out = {}
+        for s, i in enumerate(frames):
+            inputs = [spatial[i], *(c[i] for c in context)]
+            if s > 0:
+                f1, n2, f2 = flow[i if d == 1 else i - 1], ZERO, ZERO_FLOW
+                if s > 1:
+                    n2 = out[i + 2 * d]
+                    f2 = _compose(f1, flow[i + 1 if d == 1 else i - 2])
+                inputs += [out[i + d], n2, f1, f2]
+            out[i] = _symbol("step", branch, s > 0, *inputs)
+        return out
+
+    backward = linear("backward", range(t - 1, -1, -1), fb, 1, [])
+    forward = linear("forward", range(t), ff, -1, [backward])
+    gop, (fs, l0s, l1s) = (16, GOP16_COLUMNS) if t >= 16 else (7, GOP7_COLUMNS)
+    group: dict[int, int] = {}
+    for g in range(-(-t // gop)):
+        for f, l0, l1 in zip(fs, l0s, l1s):
+            frame = g * gop + f
+            if frame >= t or (g > 0 and f == 0):
+                continue
+            l0 = f if g * gop + l0 >= t else l0
+            l1 = t - 1 - g * gop if g * gop + l1 >= t else l1
+            big_l0, big_l1 = g * gop + l0, g * gop + l1
+            inputs = [spatial[frame], backward[frame], forward[frame]]
+            if frame > 0:
+                g0 = ff[frame - 1]
+                for k in range(frame - 1, big_l0, -1):
+                    g0 = _compose(g0, ff[k - 1])
+                g1 = ZERO_FLOW
+                if frame != big_l1:
+                    g1 = fb[frame]
+                    for k in range(frame + 1, big_l1):
+                        g1 = _compose(g1, fb[k - 1])
+                inputs += [group.get(big_l0, ZERO), group.get(big_l1, ZERO), g0, g1]
+            group[frame] = _symbol("step", "group", frame > 0, *inputs)
+    return {i: (spatial[i], backward[i], forward[i], group.get(i, ZERO)) for i in range(t)}
+
+
+# the tables of the description (its f, l0, l1 rows), not the module's
+GOP16_COLUMNS = ([0, 16, 8, 4, 2, 1, 3, 6, 5, 7, 12, 10, 9, 11, 14, 13, 15],
+                 [0, 0, 0, 0, 0, 0, 2, 4, 4, 6, 8, 8, 8, 10, 12, 12, 14],
+                 [0, 16, 16, 8, 4, 2, 4, 8, 6, 8, 16, 12, 10, 12, 16, 14, 16])
+GOP7_COLUMNS = ([0, 6, 3, 1, 2, 4, 5], [0, 0, 0, 0, 1, 3, 4], [0, 6, 6, 3, 3, 6, 6])
+
+
+@pytest.mark.parametrize("t", range(1, 41))
+def test_the_plan_computes_what_the_model_description_computes(t):
+    """Walking the plan (with symbols) gives every frame's decode inputs exactly as the
+    description's loops do: the same steps, reading the same maps and composed flows, in
+    the same order, zeros where it reads zeros."""
+    plan = make_plan(t)
+    features = {FeatureRef(SPATIAL, i): _symbol("spatial", i) for i in range(t)}
+    flows = {f: _symbol("flow", f.kind, f.index) for f in plan.flows()}
+    walk(plan, features, flows,
+         run_step=lambda step, inputs: _symbol("step", step.branch, step.aligned, *inputs),
+         compose=_compose, zero_feature=ZERO, zero_flow=ZERO_FLOW)
+    walked = {i: tuple(ZERO if r is None else features[r] for r in plan.decode_inputs(i))
+              for i in range(t)}
+    assert walked == _described(t)
+
+
+def test_flow_frames_and_mirroring_follow_the_description():
+    """fb[i] = spynet(x[i], x[i+1]), ff[i] = spynet(x[i+1], x[i]); in a clip equal to its
+    time reversal ff[i] = fb[T-2-i]."""
+    for i in range(5):
+        assert FlowRef("backward", i).frames() == (i, i + 1)
+        assert FlowRef("forward", i).frames() == (i + 1, i)
+    for t in (2, 6, 10):
+        for i in range(t - 1):
+            assert mirrored(FlowRef("forward", i), t) == FlowRef("backward", t - 2 - i)
+            assert mirrored(FlowRef("backward", i), t) == FlowRef("backward", i)

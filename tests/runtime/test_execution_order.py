@@ -21,7 +21,8 @@ def model():
 @pytest.mark.parametrize("t, batch, keep", [(8, 3, slice(None)), (17, 3, slice(2, 15))])
 def test_driver_output_is_bit_identical_to_the_plan_order(model, t, batch, keep):
     """GOP 7 (8 frames, with its uncomputed frame) and GOP 16 with context frames, encode
-    batches straddling the groups."""
+    batches straddling the groups; streamed, and with the backward maps recomputed from two
+    kept in 5 frames."""
     clip = np.random.default_rng(t).random((t, 3, 64, 64), dtype=np.float32)
     runner = TorchRunner(model)
     expected = upscale_clip_in_plan_order(runner, clip, batch, keep)
@@ -30,6 +31,8 @@ def test_driver_output_is_bit_identical_to_the_plan_order(model, t, batch, keep)
     assert upscale_clip(runner, clip, batch, keep,
                         on_output=lambda i, hr: streamed.update({i: hr})) is None
     assert np.array_equal(np.concatenate([streamed[i] for i in sorted(streamed)]), expected)
+    assert np.array_equal(upscale_clip(runner, clip, batch, keep, recompute_backward=5),
+                          expected)
 
 
 @pytest.mark.parametrize("t", [8, 17])

@@ -8,6 +8,7 @@ from support import WINDOW_BOUND_MIN_SHARE, run_cli
 
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.memory import (
+    RECOMPUTE_EVERY,
     WindowMemoryError,
     check_window_fits,
     frames_read,
@@ -61,13 +62,16 @@ def test_bound_against_a_measured_window(wide):
         "import sys, numpy as np, torch\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"
         "from hirn.runtime.backends.torch_backend import TorchRunner\n"
-        "from hirn.runtime.driver import upscale_clip\n"
+        "from hirn.runtime.driver import SampleCollector, upscale_clip\n"
         "from hirn.train import HiRN\n"
         "torch.manual_seed(0); torch.set_num_threads(1)\n"
         "runner = TorchRunner(HiRN(mid_channels=64, num_blocks=1))\n"
         "clip = np.random.default_rng(0).random((int(sys.argv[1]), 3, 64, 64), np.float32)\n"
-        "upscale_clip(runner, clip[:2], 1)\n"  # first-call allocations, not the window's
-        "upscale_clip(runner, clip, 4)\n"
+        "def run(frames, batch):\n"  # as hirn-run keeps a window's output: 8-bit samples
+        "    samples = SampleCollector(len(frames), 64, 64)\n"
+        "    upscale_clip(runner, frames, batch, on_output=samples.put)\n"
+        "run(clip[:2], 1)\n"  # first-call allocations, not the window's
+        "run(clip, 4)\n"
         "print(1024 * int(next(line for line in open('/proc/self/status')\n"
         "                      if line.startswith('VmHWM')).split()[1]))\n")
     import os
@@ -106,11 +110,17 @@ def _advice(error) -> dict[str, int]:
 
 
 def test_a_window_that_fits_passes_and_one_that_does_not_gets_advice_that_fits(runner):
-    def need(window, batch, overlap=4):
-        return window_bytes(runner, frames_read(window, overlap, GOP_FRAMES, None), 180, 320,
-                            batch)
+    def need(window, batch, overlap=4):  # with the backward maps recomputed when less
+        return min(window_bytes(runner, frames_read(window, overlap, GOP_FRAMES, None), 180,
+                                320, batch, recompute_backward=r)
+                   for r in (None, RECOMPUTE_EVERY))
 
-    check_window_fits(runner, 180, 320, 24, 4, 4, GOP_FRAMES, None, available=need(24, 4))
+    kept = window_bytes(runner, frames_read(24, 4, GOP_FRAMES, None), 180, 320, 4)
+    assert check_window_fits(runner, 180, 320, 24, 4, 4, GOP_FRAMES, None,
+                             available=kept) is None
+    assert check_window_fits(runner, 180, 320, 24, 4, 4, GOP_FRAMES, None,
+                             available=need(24, 4)) == (RECOMPUTE_EVERY if need(24, 4) < kept
+                                                        else None)
     # a smaller batch is enough: the output stays the same
     with pytest.raises(WindowMemoryError, match="use --batch-size") as error:
         check_window_fits(runner, 180, 320, 24, 4, 4, GOP_FRAMES, None,

@@ -18,7 +18,7 @@ from support import (
 from hirn.core.errors import TileError, WindowMemoryError
 from hirn.runtime import tiles
 from hirn.runtime.driver import upscale_clip
-from hirn.runtime.memory import frames_read, window_bytes
+from hirn.runtime.memory import RECOMPUTE_EVERY, frames_read, window_bytes
 from hirn.runtime.tiles import (
     TileGrid,
     choose_tiles,
@@ -66,7 +66,7 @@ def test_feather_weights_sum_to_one_and_ramp_across_each_overlap(axis):
         assert np.all(np.diff(first[start:]) < 0) and first[-1] < 0.1
 
 
-def _nearest(runner, frames, batch_size=4, keep=slice(None)):
+def _nearest(runner, frames, batch_size=4, keep=slice(None), recompute_backward=None):
     """A stand-in for the model that sees one pixel at a time: tiles cannot change it."""
     return np.repeat(np.repeat(frames[keep], 4, axis=2), 4, axis=3) * 0.5 + 0.25
 
@@ -169,15 +169,40 @@ def test_auto_tiles_a_1080p_window_that_does_not_fit(device):
     grid = choice.grid
     frames = frames_read(24, 4, GOP_FRAMES, None)
     assert grid is not None and grid.frame == (1080, 1920) and len(grid) > 1
-    assert tile_bytes(runner, grid, frames, 4) <= available
-    fewer = largest_grid(1080, 1920, 16, lambda g: len(g) < len(grid)
-                         and tile_bytes(runner, g, frames, 4) <= available)
-    assert fewer is None  # no grid of fewer tiles fits
+    recompute = choice.recompute_backward
+    assert tile_bytes(runner, grid, frames, 4, recompute) <= available
+    if recompute:  # only because the tile's backward maps are recomputed
+        assert recompute == RECOMPUTE_EVERY and tile_bytes(runner, grid, frames, 4) > available
+    fewer = largest_grid(1080, 1920, 16, lambda g: len(g) < len(grid) and min(
+        tile_bytes(runner, g, frames, 4, r) for r in (None, RECOMPUTE_EVERY)) <= available)
+    assert fewer is None  # no grid of fewer tiles fits, either way
     rows, cols = len(grid.rows), len(grid.cols)
     h, w = grid.size
-    assert choice.line == (f"tiles: {rows}x{cols} of {h}x{w} LR px, overlap 16: a whole "
-                           f"1920x1080 window needs {whole / GIB:.1f} GiB, "
-                           f"{available / GIB:.1f} GiB free")
+    assert choice.line.startswith(f"tiles: {rows}x{cols} of {h}x{w} LR px, overlap 16: a "
+                                  f"whole 1920x1080 window needs {whole / GIB:.1f} GiB, "
+                                  f"{available / GIB:.1f} GiB free")
+    assert ("backward maps kept 2 in 16 frames" in choice.line) == bool(recompute)
+
+
+def test_a_window_that_fits_only_with_its_backward_maps_recomputed_is_not_tiled():
+    """Between what the window needs recomputing its backward maps and what it needs keeping
+    them: whole frames, recomputed (the same output), said in one line; below that, tiles."""
+    runner = _runner()
+    frames = frames_read(48, 8, GOP_FRAMES, None)
+    kept = window_bytes(runner, frames, 540, 960, 1)
+    lean = window_bytes(runner, frames, 540, 960, 1, recompute_backward=RECOMPUTE_EVERY)
+    assert lean < 0.9 * kept
+    choice = choose_tiles(runner, 540, 960, "auto", 16, 48, 8, 1, None, available=lean)
+    assert choice.grid is None and choice.recompute_backward == RECOMPUTE_EVERY
+    assert choice.line == (f"recomputing backward maps (2 kept in 16 frames; the same output, "
+                           f"one more pass of the backward branch): a 960x540 window keeping "
+                           f"them all needs {kept / GIB:.1f} GiB, {lean / GIB:.1f} GiB free")
+    none = choose_tiles(runner, 540, 960, "none", 16, 48, 8, 1, None, available=lean)
+    assert none.grid is None and none.recompute_backward == RECOMPUTE_EVERY
+    assert choose_tiles(runner, 540, 960, "auto", 16, 48, 8, 1, None,
+                        available=kept).recompute_backward is None
+    assert choose_tiles(runner, 540, 960, "auto", 16, 48, 8, 1, None,
+                        available=lean - 1).grid is not None
 
 
 def test_a_540p_window_of_the_published_model_fits_a_24_gib_machine_decoded_fewer_at_a_time():
@@ -194,8 +219,11 @@ def test_a_540p_window_of_the_published_model_fits_a_24_gib_machine_decoded_fewe
     print(choice.line)
     batch = choice.batch_size
     assert choice.grid is None and batch is not None and 1 <= batch < 4
-    assert window_bytes(runner, frames, 540, 960, batch) <= available
-    assert window_bytes(runner, frames, 540, 960, batch + 1) > available  # the largest
+    recompute = choice.recompute_backward
+    assert window_bytes(runner, frames, 540, 960, batch, recompute_backward=recompute) \
+        <= available
+    assert all(window_bytes(runner, frames, 540, 960, batch + 1, recompute_backward=r)
+               > available for r in (None, RECOMPUTE_EVERY))  # the largest, either way
     assert choice.line.startswith(f"decoding {batch} frame")
     assert "a 960x540 window decoded 4 at a time needs" in choice.line
     asked = choose_tiles(runner, 540, 960, "auto", 16, 24, 4, 4, None, available=available)
@@ -231,16 +259,21 @@ def test_forced_tiles_run_or_are_refused_with_the_tile_that_fits():
                                                 r"memory.*use --tile (\d+)x(\d+)") as error:
         choose_tiles(runner, 1080, 1920, (512, 512), 16, 24, 4, 4, None, available=available)
     h, w = map(int, str(error.value).split("--tile ")[1].split(" ")[0].split("x"))
-    assert tile_bytes(runner, make_grid(1080, 1920, h, w, 16), frames, 4) <= available
+    advised = make_grid(1080, 1920, h, w, 16)
+    assert min(tile_bytes(runner, advised, frames, 4, r) for r in (None, RECOMPUTE_EVERY)) \
+        <= available
 
 
 def test_none_never_tiles():
     runner = _runner()
     assert choose_tiles(runner, 1080, 1920, "none", 16, 24, 4, 4, None,
                         available=_whole(runner, 1080, 1920)).grid is None
+    lean = window_bytes(runner, frames_read(24, 4, GOP_FRAMES, None), 1080, 1920, 4,
+                        recompute_backward=RECOMPUTE_EVERY)
+    assert choose_tiles(runner, 1080, 1920, "none", 16, 24, 4, 4, None,
+                        available=lean).recompute_backward == RECOMPUTE_EVERY
     with pytest.raises(WindowMemoryError, match="do not fit in memory"):
-        choose_tiles(runner, 1080, 1920, "none", 16, 24, 4, 4, None,
-                     available=_whole(runner, 1080, 1920) - 1)
+        choose_tiles(runner, 1080, 1920, "none", 16, 24, 4, 4, None, available=lean - 1)
 
 
 # --- hirn-run ----------------------------------------------------------------------------------
@@ -287,3 +320,31 @@ def test_a_tile_grid_describes_itself():
     grid = TileGrid(((0, 544), (528, 1072), (536, 1080)), ((0, 656), (640, 1296)), 16)
     assert len(grid) == 6 and grid.size == (544, 656) and grid.frame == (1080, 1296)
     assert grid.describe() == "3x2 of 544x656 LR px, overlap 16"
+
+
+def test_hirn_run_recomputes_backward_maps_when_only_that_fits(tmp_path, media,
+                                                               tiny_checkpoint, monkeypatch):
+    """Memory reported between what a window needs recomputing its backward maps and what
+    it needs keeping them: hirn-run says so, does not tile, and writes the very frames of a
+    run with memory to spare."""
+    import cv2
+
+    video = media.write_video(tmp_path / "in.mkv", media.synthetic_frames(24, 64, 64),
+                              codec="ffv1")
+    frames = frames_read(16, 4, GOP_FRAMES, 24)
+    runner = _runner(mid_channels=16)
+    lean = window_bytes(runner, frames, 64, 64, 4, recompute_backward=RECOMPUTE_EVERY)
+    assert lean < window_bytes(runner, frames, 64, 64, 4)
+    outputs = []
+    for available in (2**40, lean):
+        monkeypatch.setattr(tiles, "available_bytes", lambda r, a=available: a)
+        out = tmp_path / f"out_{available}"
+        result = invoke(video, "-o", out, "--checkpoint", tiny_checkpoint, "--window", 16,
+                        "--overlap", 4)
+        assert result.exit_code == 0, result.output
+        assert ("recomputing backward maps (2 kept in 16 frames" in result.output) == (
+            available == lean), result.output
+        assert "tiles:" not in result.output
+        outputs.append([cv2.imread(str(p)) for p in sorted(out.iterdir())])
+    assert len(outputs[0]) == 24
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))

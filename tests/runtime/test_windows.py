@@ -220,10 +220,10 @@ def test_pipeline_memory_is_bounded_by_the_window_not_the_video(num_frames, monk
     source = SyntheticSource(num_frames)
     alive_at_call, frames_per_call = [], []
 
-    def model(runner, frames, batch_size=4, keep=slice(None)):
+    def model(runner, frames, batch_size=4, keep=slice(None), on_output=None, **_):
         alive_at_call.append(source.alive)
         frames_per_call.append(len(frames))
-        return frames.repeat(4, axis=2).repeat(4, axis=3)[keep]
+        on_output(0, frames.repeat(4, axis=2).repeat(4, axis=3)[keep])
 
     monkeypatch.setattr(pipeline, "upscale_clip", model)
     sink = CountingSink()
@@ -248,7 +248,8 @@ class StampingModel:
         self.fail_at, self.error = fail_at, error
 
     def __call__(self, runner, frames: np.ndarray, batch_size: int = 4,
-                 keep: slice = slice(None)) -> np.ndarray:
+                 keep: slice = slice(None), on_output=None,
+                 recompute_backward: int | None = None) -> np.ndarray | None:
         if self.error is not None and len(self.calls) == self.fail_at:
             raise self.error
         self.calls.append(frames.shape)
@@ -256,7 +257,10 @@ class StampingModel:
             self.reads_at_call.append(len(self.source_reads))
         hr = frames.repeat(4, axis=2).repeat(4, axis=3)
         hr[:, :, :4, :4] = len(self.calls) / 255.0
-        return hr[keep]
+        if on_output is None:
+            return hr[keep]
+        on_output(0, hr[keep])
+        return None
 
 
 class CountingSource:
