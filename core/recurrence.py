@@ -46,14 +46,23 @@ def walk(plan: Plan, features: MutableMapping[FeatureRef, A], flows: MutableMapp
     def chain(links: FlowChain) -> A:
         if not links:
             return zero_flow
+        if len(links) == 1:  # the flow itself: not kept here, so it goes when released
+            return flows[links[0]]
         if links not in chains:
             # Chains share prefixes (f1 is the head of f2): compose each link once.
-            chains[links] = (flows[links[0]] if len(links) == 1
-                             else compose(chain(links[:-1]), flows[links[-1]]))
+            chains[links] = compose(chain(links[:-1]), flows[links[-1]])
         return chains[links]
 
     def feature(ref: FeatureRef | None) -> A:
         return zero_feature if ref is None else features[ref]
+
+    def step_inputs(step: Step) -> list[A]:
+        # built in a call of its own, so no local holds them once the step has run
+        inputs = [features[step.current], *(features[r] for r in step.context)]
+        if step.aligned:
+            inputs += [feature(step.feat_a), feature(step.feat_b), chain(step.flow_a),
+                       chain(step.flow_b)]
+        return inputs
 
     tasks = plan.steps if schedule is None else schedule.tasks
     inputs_of = decode_table(plan) if decode is not None else {}
@@ -64,11 +73,7 @@ def walk(plan: Plan, features: MutableMapping[FeatureRef, A], flows: MutableMapp
         elif isinstance(task, Decode):
             decode(task.frames, [[feature(r) for r in inputs_of[f]] for f in task.frames])
         else:
-            inputs = [features[task.current], *(features[r] for r in task.context)]
-            if task.aligned:
-                inputs += [feature(task.feat_a), feature(task.feat_b), chain(task.flow_a),
-                           chain(task.flow_b)]
-            features[task.output] = run_step(task, inputs)
+            features[task.output] = run_step(task, step_inputs(task))
         if schedule is not None:
             for value in schedule.release[k]:
                 store = (features if isinstance(value, FeatureRef)

@@ -3,6 +3,7 @@ freed before its last reader."""
 
 import subprocess
 import sys
+import weakref
 
 import pytest
 
@@ -177,3 +178,62 @@ def test_context_only_frames_run_no_dead_steps_and_encodes_repeat_the_same_batch
     encodes = [x.frames for x in schedule.tasks if isinstance(x, Encode)]
     assert set(encodes) == {tuple(range(k, k + 4)) for k in range(0, 32, 4)}
     assert len(encodes) <= 2 * 8
+
+
+@pytest.mark.parametrize("recompute", [None, 4])
+@pytest.mark.parametrize("t", [5, 17, 33])
+def test_each_flow_chain_is_composed_once(t, recompute):
+    """A chain's prefixes live as long as the chains built on them: a prefix dropped too
+    early would be composed again (the same values, more work)."""
+    plan = make_plan(t)
+    composed = []
+
+    def compose(a, b):
+        composed.append((a, b))
+        return ("compose", a, b)
+
+    schedule = make_schedule(t, None, 4, 4, recompute)
+    walk(plan, Tracked(), {f: ("flow", f) for f in plan.flows()},
+         run_step=lambda s, x: s.output, compose=compose, zero_feature=0, zero_flow=0,
+         schedule=schedule, encode=lambda fs: list(fs), decode=lambda fs, m: None)
+    steps = {task for task in schedule.tasks if isinstance(task, Step)}
+    chains = {c[:n] for s in steps for c in (s.flow_a, s.flow_b) for n in range(2, len(c) + 1)}
+    assert len(composed) == len(set(composed)) == len(chains)
+
+
+def test_tasks_run_just_in_time_frame_by_frame():
+    """5 frames (GOP 7), one frame a decode: the backward branch, then each frame's decode
+    right after the steps it still lacks, each pulled depth first (group 1 reads group 3,
+    which reads forward 3)."""
+    def name(task):
+        if isinstance(task, Decode):
+            return f"D{task.frames[0]}"
+        return f"{task.branch[0].upper()}{task.frame}"
+
+    expected = ("B4 B3 B2 B1 B0 F0 G0 D0 F1 F2 F3 G3 G1 D1 G2 D2 D3 F4 G4 D4").split()
+    assert [name(task) for task in make_schedule(5, None, 1, None).tasks] == expected
+
+
+class _Flow:
+    """A flow or composed chain that can be watched with a weak reference."""
+
+
+@pytest.mark.parametrize("t", [5, 17, 33])
+def test_no_flow_outlives_its_last_reader(t):
+    """Flows and chains are held by the walk only until their last reader: once the last
+    step has run (at the last decode), none is alive."""
+    plan = make_plan(t)
+    watched = []
+
+    def made() -> _Flow:
+        value = _Flow()
+        watched.append(weakref.ref(value))
+        return value
+
+    alive_at_decodes = []
+    walk(plan, Tracked(), {f: made() for f in plan.flows()},
+         run_step=lambda s, x: s.output, compose=lambda a, b: made(), zero_feature=0,
+         zero_flow=0, schedule=make_schedule(t, None, 4, 4),
+         encode=lambda fs: list(fs),
+         decode=lambda fs, m: alive_at_decodes.append(sum(r() is not None for r in watched)))
+    assert alive_at_decodes[-1] == 0
