@@ -224,7 +224,9 @@ def stop(*_):
 
 signal.signal(signal.SIGALRM, stop)
 codes = {{}}
-for name, tests in json.loads(sys.argv[1]).items():
+with open(sys.argv[1]) as listing:
+    mutants = json.load(listing)
+for name, tests in mutants.items():
     os.environ["MUTANT_UNDER_TEST"] = name
     signal.alarm({RECHECK_S})
     codes[name] = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests]))
@@ -239,7 +241,9 @@ def run_plainly(root: Path, tests: dict[str, list[str]], log: str) -> dict[str, 
     if not tests:
         return {}
     env = dict(os.environ, HIRN_SHARED=str(SHARED), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", RECHECK, json.dumps(tests)], env=env,
+    listing = root / f"{log}.mutants.json"  # too long for a command line
+    listing.write_text(json.dumps(tests))
+    done = subprocess.run([sys.executable, "-c", RECHECK, str(listing)], env=env,
                           cwd=root / "mutants", text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
     (root / log).write_text(done.stdout)

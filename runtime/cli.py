@@ -80,11 +80,14 @@ frames on either side as context (and at least 16 frames in all, the length of
 HiRN's groups). Memory is bounded by the window, not by the length of the video:
 it grows with the frames a window reads and their size (measured in
 benchmarks/results/window_memory.md): each feature map is dropped after its last
-reader, so a window frame holds about one map until its decode. A window whose
-peak (counted from the same order) exceeds the free memory (of the GPU, or of
-this machine) is refused before any work, with the --batch-size or --window
-that fits; without --batch-size, fewer frames are decoded at a time when that is
-what lets a window fit (an information line says so). With the defaults
+reader, so a window frame holds about one map until its decode, and its output
+waits as 8-bit samples. When a window's peak (counted from the same order)
+exceeds the free memory (of the GPU, or of this machine), its backward maps are
+recomputed from two kept in 16 frames (the same output, one more pass of the
+backward branch); without --batch-size, fewer frames are also decoded at a time
+when that is what lets a window fit (an information line says each). A window
+that still does not fit is refused before any work, with the --batch-size or
+--window that fits. With the defaults
 ({DEFAULT_WINDOW} + 2 x {DEFAULT_OVERLAP} frames) the output stays close to processing the whole
 clip at once (benchmarks/results/windowing.md).
 
