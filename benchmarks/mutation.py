@@ -213,7 +213,7 @@ def statuses_of(root: Path) -> dict[str, str]:
 # Runs each mutant's tests in one plain pytest process (mutmut's trampolines pick the mutant
 # from MUTANT_UNDER_TEST), without mutmut's CPU-time limit.
 # A mutant still running after RECHECK_S (an endless loop) is stopped: its test fails.
-RECHECK_S = 600
+RECHECK_S = 180  # 20x the slowest module's tests (test_liveness.py: about 8 s)
 RECHECK = f"""
 import json, os, signal, sys
 import pytest
