@@ -127,8 +127,13 @@ def main() -> None:
              "it (they pass on the unchanged copy).", "",
              "| bug | file | caught | tests that fail |", "| --- | --- | --- | --- |"]
     for r in rows:
+        cases: dict[str, int] = {}  # a parametrized test once, with its failing cases
+        for test in r["failed"]:
+            base = test.split("[")[0]
+            cases[base] = cases.get(base, 0) + 1
         lines.append(f"| {r['bug']} | `{r['file']}` | {'yes' if r['caught'] else '**no**'} | "
-                     + "<br>".join(f"`{t}`" for t in r["failed"]) + " |")
+                     + "<br>".join(f"`{t}`" + (f" ({n} cases)" if n > 1 else "")
+                                   for t, n in cases.items()) + " |")
     lines += ["", f"Machine: {machine()}"]
     write_results("planted_bugs", {"bugs": rows, "machine": machine()}, "\n".join(lines))
     if not all(r["caught"] for r in rows):
