@@ -90,6 +90,18 @@ EQUIVALENT: dict[str, str] = {
         "no-op and the bound does not count them",
     "hirn.core.liveness.x_task_reads__mutmut_18":
         "links[:len + 1] is links itself, already listed: dict.fromkeys drops the repeat",
+    "hirn.train.evaluate.x_load_clip__mutmut_19":
+        "names[:max_frames] with max_frames None is names[:None], all of them: the same as "
+        "the else branch",
+    "hirn.core.liveness.x__phase__mutmut_8":
+        "the phases are only compared for a change: 0 then 2 acts as 0 then 1",
+    "hirn.core.recurrence.x_walk__mutmut_33":
+        "the decode table is read only by decode tasks, which a schedule has only when the "
+        "caller passes decode: building it anyway costs time, not results",
+    "hirn.core.recurrence.x_walk__mutmut_65":
+        "a released value is always held when released (a schedule releases only what a "
+        "task read or made, and a missing input fails at its reader first): pop needs no "
+        "default",
     "hirn.core.liveness.x__recomputing__mutmut_30":
         "the phases are only compared for a change: 0 then 2 acts as 0 then 1",
     "hirn.core.liveness.x__with_encodes__mutmut_4":
@@ -113,6 +125,8 @@ NEW_TESTS: dict[str, list[str]] = {
         "tests/core/test_schedule.py::test_flow_frames_and_mirroring_follow_the_description"],
     "liveness": ["tests/core/test_liveness.py::test_each_flow_chain_is_composed_once",
                  "tests/core/test_liveness.py::test_tasks_run_just_in_time_frame_by_frame"],
+    "recurrence": ["tests/core/test_liveness.py::"
+                   "test_an_encode_that_returns_the_wrong_number_of_maps_is_an_error"],
     "padding": ["tests/runtime/test_padding.py::test_network_input_is_float32_channels_first",
                 "tests/runtime/test_padding.py::test_a_frame_without_pixels_is_refused"],
     "windows": [

@@ -237,3 +237,14 @@ def test_no_flow_outlives_its_last_reader(t):
          encode=lambda fs: list(fs),
          decode=lambda fs, m: alive_at_decodes.append(sum(r() is not None for r in watched)))
     assert alive_at_decodes[-1] == 0
+
+
+def test_an_encode_that_returns_the_wrong_number_of_maps_is_an_error():
+    """An encode of a batch must give one map per frame: zip(strict) says so at once rather
+    than leaving a frame's map missing (a KeyError far from the cause) or mismatched."""
+    plan = make_plan(8)
+    with pytest.raises(ValueError, match="zip"):
+        walk(plan, {}, {f: ("flow", f) for f in plan.flows()},
+             run_step=lambda s, x: s.output, compose=lambda a, b: (a, b), zero_feature=0,
+             zero_flow=0, schedule=make_schedule(8, None, 4, 4),
+             encode=lambda fs: list(fs)[:-1], decode=lambda fs, m: None)
