@@ -41,6 +41,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 STAGE = REPO / "build" / "mutation"
 PACKAGES = ("core", "runtime", "train", "export", "plugins")
+SUPPORT = ("tests/support.py", "tests/conftest.py")  # copied with a module's tests
 COPIED = ("tests", "configs")
 
 # Survivors whose change no test can see, with the reason (mutmut's names, at the commit of the
@@ -124,7 +125,8 @@ NEW_TESTS: dict[str, list[str]] = {
         "tests/core/test_schedule.py::test_the_plan_computes_what_the_model_description_computes",
         "tests/core/test_schedule.py::test_flow_frames_and_mirroring_follow_the_description"],
     "liveness": ["tests/core/test_liveness.py::test_each_flow_chain_is_composed_once",
-                 "tests/core/test_liveness.py::test_tasks_run_just_in_time_frame_by_frame"],
+                 "tests/core/test_liveness.py::test_tasks_run_just_in_time_frame_by_frame",
+                 "tests/core/test_liveness.py::test_no_flow_outlives_its_last_reader"],
     "recurrence": ["tests/core/test_liveness.py::"
                    "test_an_encode_that_returns_the_wrong_number_of_maps_is_an_error"],
     "padding": ["tests/runtime/test_padding.py::test_network_input_is_float32_channels_first",
@@ -190,7 +192,7 @@ def stage(name: str, mutmut: dict, module: dict, source: str) -> Path:
                 tar.extractall(tmp, filter="data")
             copy_tree(Path(tmp), root, ignore)
         # the tests being measured are the working tree's
-        for test in [t for t in module["tests"] if t.endswith(".py")] + ["tests/support.py"]:
+        for test in [t for t in module["tests"] if t.endswith(".py")] + list(SUPPORT):
             shutil.copy2(REPO / test, root / test)
     else:
         copy_tree(REPO, root, ignore)
@@ -326,7 +328,7 @@ def run_module(name: str, mutmut_settings: dict, module: dict, source: str, jobs
     for kill in new_kills:
         statuses[kill["mutant"]] = "killed"
     if again:  # the survivors against the tests written for them, in a plain pytest process
-        for test in [t for t in module["tests"] if t.endswith(".py")] + ["tests/support.py"]:
+        for test in [t for t in module["tests"] if t.endswith(".py")] + list(SUPPORT):
             for where in (root, root / "mutants"):
                 shutil.copy2(REPO / test, where / test)
         left = [k for k, v in statuses.items() if v not in ("killed", "timeout")]

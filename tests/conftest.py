@@ -1,6 +1,8 @@
 """Skips GPU and TensorRT tests, with the reason, where those are absent."""
 
 import importlib.util
+import os
+import sys
 
 import pytest
 
@@ -28,6 +30,18 @@ def pytest_collection_modifyitems(config, items):
         for mark, reason in reasons.items():
             if reason and mark in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse="MUTANT_UNDER_TEST" in os.environ)
+def _fresh_caches_under_mutation():
+    """Under mutation testing many mutants run in one process (or in processes forked from
+    one): results cached by hirn's functions (the plan, schedules) would be the unmutated
+    code's. Each test starts with the caches empty."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("hirn"):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
 
 @pytest.fixture
