@@ -94,6 +94,18 @@ EQUIVALENT: dict[str, str] = {
     "hirn.train.evaluate.x_load_clip__mutmut_19":
         "names[:max_frames] with max_frames None is names[:None], all of them: the same as "
         "the else branch",
+    "hirn.core.schedule.x__group_branch__mutmut_32":
+        "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipping of "
+        "l0 (kept because the description has it) never applies, whatever its condition",
+    "hirn.core.schedule.x__group_branch__mutmut_33":
+        "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipping of "
+        "l0 (kept because the description has it) never applies, whatever its condition",
+    "hirn.core.schedule.x__group_branch__mutmut_34":
+        "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipped "
+        "value is never assigned",
+    "hirn.core.schedule.x__linear_branch__mutmut_87":
+        "2 / d is 2.0 or -2.0 for d = 1 or -1, and a float frame equals and hashes as the "
+        "int (FeatureRef(b, 5.0) == FeatureRef(b, 5))",
     "hirn.core.liveness.x__phase__mutmut_8":
         "the phases are only compared for a change: 0 then 2 acts as 0 then 1",
     "hirn.core.recurrence.x_walk__mutmut_33":
@@ -323,8 +335,8 @@ def run_module(name: str, mutmut_settings: dict, module: dict, source: str, jobs
     verdicts = earlier.get("timeout_verdicts", {}) if (again or collect) else {}
     statuses.update({k: v for k, v in verdicts.items() if statuses.get(k) == "timeout"})
     recheck_timeouts(root, statuses)
-    verdicts.update({k: statuses[k] for k in statuses if k not in verdicts
-                     and k in timed_out(root)})
+    timeouts = timed_out(root)  # once: each call runs mutmut
+    verdicts.update({k: statuses[k] for k in statuses if k not in verdicts and k in timeouts})
     for kill in new_kills:
         statuses[kill["mutant"]] = "killed"
     if again:  # the survivors against the tests written for them, in a plain pytest process
