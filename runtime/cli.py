@@ -37,7 +37,12 @@ from hirn.core.constants import PRECISIONS  # noqa: E402
 from hirn.core.errors import HirnError, OutputExistsError  # noqa: E402
 from hirn.core.logs import logging_options  # noqa: E402
 from hirn.runtime.backends.base import BACKENDS, DEFAULT_BATCH, BackendConfig  # noqa: E402
-from hirn.runtime.pipeline import DEFAULT_OVERLAP, DEFAULT_WINDOW, RunConfig  # noqa: E402
+from hirn.runtime.pipeline import (  # noqa: E402
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    RunConfig,
+    is_out_of_memory,
+)
 from hirn.runtime.tiles import DEFAULT_TILE_OVERLAP, parse_tile  # noqa: E402
 from hirn.runtime.video_writer import CODECS, DEFAULT_CRF  # noqa: E402
 
@@ -227,10 +232,8 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
                                    f"it, or choose another output") from error
     except HirnError as error:
         raise click.ClickException(_message(error)) from error
-    except MemoryError as error:
-        raise click.ClickException(_out_of_memory(run_config, backend_config)) from error
-    except RuntimeError as error:
-        if type(error).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+    except (MemoryError, RuntimeError) as error:  # outside a file's windows (those say more)
+        if not is_out_of_memory(error):
             raise
         raise click.ClickException(_out_of_memory(run_config, backend_config)) from error
 

@@ -26,7 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import BackendError, DamagedFramesError, NonFiniteOutputError
+from hirn.core.errors import (
+    BackendError,
+    DamagedFramesError,
+    NonFiniteOutputError,
+    WindowMemoryError,
+)
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import SampleCollector, upscale_clip
 from hirn.runtime.padding import SCALE, pad_frames, to_float
@@ -130,14 +135,39 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
         batch_size = tiles.batch_size or batch_size
         if tiles.line:
             info(label + tiles.line, config.quiet)
-        with progress_bar(source.frame_count, label + Path(input).name, config.quiet) as bar:
-            stats = upscale(source, sink, runner, config, batch_size=batch_size, progress=bar,
-                            fp32_runner=get_fp32_runner, tiles=tiles.grid,
-                            recompute_backward=tiles.recompute_backward)
+        try:
+            with progress_bar(source.frame_count, label + Path(input).name,
+                              config.quiet) as bar:
+                stats = upscale(source, sink, runner, config, batch_size=batch_size,
+                                progress=bar, fp32_runner=get_fp32_runner, tiles=tiles.grid,
+                                recompute_backward=tiles.recompute_backward)
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            # what ran, not what was asked: the batch and tiles may have been chosen here
+            raise WindowMemoryError(_out_of_memory(source, runner, config, batch_size,
+                                                   tiles.grid)) from error
     for text in source.notes + sink.notes + stats.notes:
         if text not in shown:
             note(text)
     return stats
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the host's or a GPU's (torch.cuda.OutOfMemoryError) memory
+    running out."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
+def _out_of_memory(source: FrameSource, runner: Runner, config: RunConfig, batch_size: int,
+                   grid: TileGrid | None) -> str:
+    how = f"in tiles of {grid.size[1]}x{grid.size[0]} LR px" if grid else "whole frames"
+    kept = " (finished windows are kept for --resume)" if config.resume else ""
+    return (f"out of memory while upscaling {source.width}x{source.height} windows of "
+            f"{config.window} + 2 x {config.overlap} frames on {runner.device}, "
+            f"{how}, decoding {batch_size} frame{'s' if batch_size > 1 else ''} at a time: "
+            f"lower --batch-size (now {batch_size}), --window or --overlap, or use --tile; "
+            f"no output was written{kept}")
 
 
 def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,

@@ -192,9 +192,14 @@ class TileChoice:
     recompute_backward: int | None = None
 
 
+def _recompute_phrase(recompute: int) -> str:
+    return (f"2 kept in {recompute} frames; the same output, one more pass of the backward "
+            f"branch")
+
+
 def _recompute_note(recompute: int | None) -> str:
-    return (f"; backward maps kept 2 in {recompute} frames, the others computed again (the "
-            f"same output, one more pass of the backward branch)" if recompute else "")
+    """The recomputation, added to a line about tiles or the batch."""
+    return f"; recomputing backward maps ({_recompute_phrase(recompute)})" if recompute else ""
 
 
 def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int, int],
@@ -280,8 +285,7 @@ def _recompute_line(recompute: int | None, width: int, height: int, whole: int |
     need = (f": a {width}x{height} window keeping them all needs {whole / _GIB:.1f} GiB, "
             f"{available / _GIB:.1f} GiB free" if whole is not None else
             f" for {width}x{height} windows to fit in memory")
-    return (f"recomputing backward maps (2 kept in {recompute} frames; the same output, "
-            f"one more pass of the backward branch){need}")
+    return f"recomputing backward maps ({_recompute_phrase(recompute)}){need}"
 
 
 def tile_bytes(runner: Runner, grid: TileGrid, frames: int, batch_size: int,

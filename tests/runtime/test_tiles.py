@@ -181,7 +181,7 @@ def test_auto_tiles_a_1080p_window_that_does_not_fit(device):
     assert choice.line.startswith(f"tiles: {rows}x{cols} of {h}x{w} LR px, overlap 16: a "
                                   f"whole 1920x1080 window needs {whole / GIB:.1f} GiB, "
                                   f"{available / GIB:.1f} GiB free")
-    assert ("backward maps kept 2 in 16 frames" in choice.line) == bool(recompute)
+    assert ("recomputing backward maps (2 kept in 16 frames" in choice.line) == bool(recompute)
 
 
 def test_a_window_that_fits_only_with_its_backward_maps_recomputed_is_not_tiled():
@@ -348,3 +348,29 @@ def test_hirn_run_recomputes_backward_maps_when_only_that_fits(tmp_path, media,
         outputs.append([cv2.imread(str(p)) for p in sorted(out.iterdir())])
     assert len(outputs[0]) == 24
     assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+
+
+def test_running_out_of_memory_names_the_batch_that_ran(tmp_path, media, tiny_checkpoint,
+                                                        monkeypatch):
+    """hirn-run chose to decode 2 frames at a time; memory then ran out anyway: the message
+    gives the batch that ran (not the default that was asked), and no output is left."""
+    from hirn.runtime import pipeline
+
+    video = media.write_video(tmp_path / "in.mkv", media.synthetic_frames(24, 64, 64),
+                              codec="ffv1")
+    frames = frames_read(16, 4, GOP_FRAMES, 24)
+    available = window_bytes(_runner(mid_channels=16), frames, 64, 64, 2)
+    monkeypatch.setattr(tiles, "available_bytes", lambda runner: available)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(pipeline, "upscale_clip", out_of_memory)
+    out = tmp_path / "out.mkv"
+    result = invoke(video, "-o", out, "--checkpoint", tiny_checkpoint, "--window", 16,
+                    "--overlap", 4)
+    assert result.exit_code == 1, result.output
+    assert "decoding 2 frames at a time: a 64x64 window decoded 4" in result.output
+    assert ("out of memory while upscaling 64x64 windows of 16 + 2 x 4 frames on cpu, whole "
+            "frames, decoding 2 frames at a time: lower --batch-size (now 2)") in result.output
+    assert "no output was written" in result.output and not out.exists()
