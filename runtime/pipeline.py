@@ -40,6 +40,7 @@ from hirn.runtime.resume import Segments, open_segments, work_folder
 from hirn.runtime.tiles import (
     AUTO,
     DEFAULT_TILE_OVERLAP,
+    TileChoice,
     TileGrid,
     check_tile,
     choose_tiles,
@@ -139,8 +140,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
             with progress_bar(source.frame_count, label + Path(input).name,
                               config.quiet) as bar:
                 stats = upscale(source, sink, runner, config, batch_size=batch_size,
-                                progress=bar, fp32_runner=get_fp32_runner, tiles=tiles.grid,
-                                recompute_backward=tiles.recompute_backward)
+                                progress=bar, fp32_runner=get_fp32_runner, tiles=tiles)
         except (MemoryError, RuntimeError) as error:
             if not is_out_of_memory(error):
                 raise
@@ -174,8 +174,7 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
             batch_size: int = 4, progress: Callable[[int], None] | None = None,
             on_frame: Callable[[np.ndarray], None] | None = None,
             fp32_runner: Callable[[], Runner] | None = None,
-            tiles: TileGrid | None = None,
-            recompute_backward: int | None = None) -> RunStats:
+            tiles: TileChoice | None = None) -> RunStats:
     """Upscale every frame of ``source`` into ``sink`` (which the caller closes or aborts).
 
     Args:
@@ -185,13 +184,15 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
         fp32_runner: makes the same model in FP32; called at most once, when a window that
             ``runner`` computed in half precision holds NaN or Inf, to compute it again
             (None: such a window stops the run, as one computed in FP32 always does).
-        tiles: run each window in these spatial tiles (None: whole frames).
-        recompute_backward: as for :func:`~hirn.runtime.driver.upscale_clip`.
+        tiles: how each window runs: its grid (None: whole frames) and
+            ``recompute_backward`` (as for :func:`~hirn.runtime.driver.upscale_clip`); its
+            batch size is the caller's to pass (None: whole frames, every map kept).
     """
     stats = RunStats()
     began = time.perf_counter()
     ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
-    recompute = _Recompute(runner, fp32_runner, tiles, recompute_backward)
+    tiles = tiles or TileChoice(None)
+    recompute = _Recompute(runner, fp32_runner, tiles)
     with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
         windows = iter_windows(frames, config.window, config.overlap, GOP_FRAMES)
         for index, (window, items) in enumerate(windows):
@@ -208,7 +209,7 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
             # 16 bits where the output keeps more than 8 (a sink without dtype takes 8)
             dtype = getattr(sink, "dtype", np.uint8)
             kept, bad = _upscale_window(runner, images, window, source, batch_size, dtype,
-                                        tiles, recompute_backward)
+                                        tiles)
             if bad:
                 kept = recompute(images, window, bad, source, batch_size, dtype)
             stats.model_seconds += time.perf_counter() - clock
@@ -230,21 +231,21 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
 
 
 def _upscale_window(runner: Runner, images: np.ndarray, window: Window, source: FrameSource,
-                    batch_size: int, dtype, tiles: TileGrid | None = None,
-                    recompute_backward: int | None = None) -> tuple[np.ndarray, list[int]]:
+                    batch_size: int, dtype, tiles: TileChoice
+                    ) -> tuple[np.ndarray, list[int]]:
     """The written frames of one window as samples ``[T, 4h, 4w, 3]`` of ``dtype``, from its
-    padded frames ``images`` ``[N, 3, H', W']`` (in ``tiles`` if given), and the frames
+    padded frames ``images`` ``[N, 3, H', W']`` (run as ``tiles`` says), and the frames
     (counted in the window's written ones) whose output held NaN or Inf: their samples are
     not set. Untiled, each decoded batch becomes samples as it comes, so the window's output
     waits in 8 or 16 bits rather than in FP32 (a quarter or a half of the memory)."""
     samples = SampleCollector(len(range(len(images))[window.keep]), source.height,
                               source.width, dtype)
-    if tiles is None:
+    if tiles.grid is None:
         upscale_clip(runner, images, batch_size, window.keep, on_output=samples.put,
-                     recompute_backward=recompute_backward)
+                     recompute_backward=tiles.recompute_backward)
     else:
-        samples.put(0, upscale_tiled(runner, images, tiles, batch_size, window.keep,
-                                     recompute_backward))
+        samples.put(0, upscale_tiled(runner, images, tiles.grid, batch_size, window.keep,
+                                     tiles.recompute_backward))
     return samples.samples, samples.bad
 
 
@@ -253,12 +254,11 @@ class _Recompute:
     with NaN or Inf otherwise. The FP32 runner is made on first need, then kept."""
 
     def __init__(self, runner: Runner, make_fp32: Callable[[], Runner] | None,
-                 tiles: TileGrid | None = None, recompute_backward: int | None = None):
+                 tiles: TileChoice):
         # Stand-ins for the model (tests, benchmarks) may pass no runner: FP32 then.
         self._half = getattr(runner, "element_size", 4) == 2
         self._make_fp32 = make_fp32
         self._tiles = tiles
-        self._recompute_backward = recompute_backward
         self._fp32: Runner | None = None
         self.frames: list[int] = []  # output frames that held NaN or Inf in half precision
 
@@ -275,7 +275,7 @@ class _Recompute:
                                       "graphs exported in fp32), or the weights are damaged")
         fp32 = self._fp32_runner(window)
         samples, still_bad = _upscale_window(fp32, images, window, source, batch_size, dtype,
-                                             self._tiles, self._recompute_backward)
+                                             self._tiles)
         if still_bad:
             raise _non_finite(window, "in FP32 too, so the weights are probably damaged "
                                       "(not finite, or so large that they overflow); check "
