@@ -79,6 +79,7 @@ EQUIVALENT: dict[str, str] = {
         "is dropped (keep = any weight != 0)",
     "hirn.train.metrics.x__pair__mutmut_29": "astype(None) is astype(float64) in numpy",
     "hirn.train.metrics.x__pair__mutmut_30": "astype(None) is astype(float64) in numpy",
+    "hirn.train.metrics.x_rgb_to_y__mutmut_13": "astype(None) is astype(float64) in numpy",
     "hirn.train.metrics.x__ssim_channel__mutmut_28":
         "OpenCV takes any negative ddepth as 'the source's depth': -2 acts as -1",
     "hirn.core.schedule.x__group_branch__mutmut_13":
@@ -142,7 +143,8 @@ NEW_TESTS: dict[str, list[str]] = {
     "recurrence": ["tests/core/test_liveness.py::"
                    "test_an_encode_that_returns_the_wrong_number_of_maps_is_an_error"],
     "padding": ["tests/runtime/test_padding.py::test_network_input_is_float32_channels_first",
-                "tests/runtime/test_padding.py::test_a_frame_without_pixels_is_refused"],
+                "tests/runtime/test_padding.py::test_a_frame_without_pixels_is_refused",
+                "tests/runtime/test_padding.py::test_16_bit_output_conversion"],
     "windows": [
         "tests/runtime/test_windows.py::test_max_frames_read_is_the_largest_window_of_any_video",
         "tests/runtime/test_windows.py::"

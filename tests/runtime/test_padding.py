@@ -14,7 +14,9 @@ from hirn.runtime.padding import (
     pad_frames,
     padded_size,
     to_float,
+    to_samples,
     to_uint8,
+    to_uint16,
 )
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
 from hirn.runtime.video import open_source, read_frames
@@ -67,6 +69,25 @@ def test_crop_and_output_conversion():
     assert out[0, 0, :, 0].tolist() == [0, 0, 100, 101, 255, 255]
     image = np.arange(24, dtype=np.uint8).reshape(1, 2, 4, 3)
     assert np.array_equal(to_uint8(to_float(image)), image)
+
+
+def test_16_bit_output_conversion():
+    """Deep-colour outputs: clamped, scaled by 65535 (so 1.0 is the top level, not a wrap to
+    0), rounded, channels last; 16-bit input maps back exactly."""
+    values = np.array([-0.2, 0.0, 1000.4 / 65535, 1000.6 / 65535, 1.0, 1.7], np.float32)
+    out = to_uint16(np.broadcast_to(values, (1, 3, 1, 6)))
+    assert out.shape == (1, 1, 6, 3) and out.dtype == np.uint16 and out.flags.c_contiguous
+    assert out[0, 0, :, 0].tolist() == [0, 0, 1000, 1001, 65535, 65535]
+    image = (np.arange(24, dtype=np.uint16) * 2731).reshape(1, 2, 4, 3)  # up to 62813
+    x = to_float(image)
+    assert x.dtype == np.float32 and x.shape == (1, 3, 2, 4)
+    assert np.array_equal(x, image.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(65535))
+    assert to_float(np.full((1, 1, 1, 3), 65535, np.uint16)).max() == 1.0
+    assert np.array_equal(to_uint16(x), image)
+    for dtype in (np.uint8, np.uint16):
+        samples = to_samples(x, dtype)
+        assert samples.dtype == dtype
+        assert np.array_equal(samples, to_uint16(x) if dtype == np.uint16 else to_uint8(x))
 
 
 @pytest.mark.parametrize("size", [(0, 5), (5, 0)])
