@@ -77,6 +77,18 @@ EQUIVALENT: dict[str, str] = {
     "hirn.train.imresize.x_contributions__mutmut_39":
         "one more tap lies outside the kernel's support: its column of weights is all zero and "
         "is dropped (keep = any weight != 0)",
+    "hirn.train.imresize.x_cubic__mutmut_19":
+        "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
+        "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing",
+    "hirn.train.imresize.x_cubic__mutmut_35":
+        "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
+        "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing",
+    "hirn.train.imresize.x_cubic__mutmut_37":
+        "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
+        "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing",
+    "hirn.train.imresize.x_contributions__mutmut_66":
+        "the mirror table gets one more entry (-1) at index 2n, which the indices, taken "
+        "modulo 2n, never reach",
     "hirn.train.metrics.x__pair__mutmut_29": "astype(None) is astype(float64) in numpy",
     "hirn.train.metrics.x__pair__mutmut_30": "astype(None) is astype(float64) in numpy",
     "hirn.train.metrics.x_rgb_to_y__mutmut_13": "astype(None) is astype(float64) in numpy",
@@ -153,7 +165,9 @@ NEW_TESTS: dict[str, list[str]] = {
         "tests/runtime/test_windows.py::test_bad_window_settings"],
     "imresize": [
         "tests/train/test_imresize.py::test_one_pixel_lines_resize_and_empty_images_are_refused",
-        "tests/train/test_imresize.py::test_interior_of_a_linear_ramp_is_reproduced"],
+        "tests/train/test_imresize.py::test_interior_of_a_linear_ramp_is_reproduced",
+        "tests/train/test_imresize.py::test_scale_one_returns_the_image",
+        "tests/train/test_imresize.py::test_weights_sum_to_one_and_indices_stay_inside"],
     "metrics": ["tests/train/test_metrics.py::test_size_limits_are_exact"],
     "evaluate-crop": [
         "tests/train/test_evaluate.py::test_load_clip_errors",

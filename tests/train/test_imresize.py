@@ -80,11 +80,21 @@ def test_cubic_kernel_values():
     np.testing.assert_array_equal(cubic(x), expected)
 
 
-@pytest.mark.parametrize("scale", [0.25, 0.5, 2, 4])
+# 0.63: the stretched kernel's taps sum to 1 +- 1.7% before they are normalised (0.25, 0.5,
+# 2 and 4 sum to 1 exactly even without it)
+@pytest.mark.parametrize("scale", [0.25, 0.5, 0.63, 2, 4])
 def test_weights_sum_to_one_and_indices_stay_inside(scale):
     weights, ind = contributions(37, int(np.ceil(37 * scale)), scale)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     assert ind.min() >= 0 and ind.max() < 37
+
+
+def test_scale_one_returns_the_image():
+    """As MATLAB: each output pixel takes its own input pixel with weight 1 (the others 0)."""
+    image = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    assert np.array_equal(imresize(image, 1), image)
+    as_float = image / 255.0
+    assert np.array_equal(imresize(as_float, 1), as_float)
 
 
 @pytest.mark.parametrize("scale", [2, 4, 0.5, 1.5])  # 1.5: enlarging, kernel not stretched
