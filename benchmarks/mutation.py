@@ -154,6 +154,11 @@ NEW_TESTS: dict[str, list[str]] = {
                  "tests/core/test_liveness.py::test_no_flow_outlives_its_last_reader"],
     "recurrence": ["tests/core/test_liveness.py::"
                    "test_an_encode_that_returns_the_wrong_number_of_maps_is_an_error"],
+    "video-timing": [
+        "tests/runtime/test_video.py::test_a_png_folder_notes_uneven_timing_once",
+        "tests/runtime/test_video.py::test_a_wrong_frame_or_a_closed_sink_is_refused_clearly",
+        "tests/runtime/test_video.py::test_frames_without_timestamps_are_numbered_at_the_frame_rate",
+        "tests/runtime/test_video.py::test_16_bit_frames_are_written_as_ten_bit_video"],
     "padding": ["tests/runtime/test_padding.py::test_network_input_is_float32_channels_first",
                 "tests/runtime/test_padding.py::test_a_frame_without_pixels_is_refused",
                 "tests/runtime/test_padding.py::test_16_bit_output_conversion"],
@@ -235,8 +240,18 @@ def copy_tree(source: Path, root: Path, ignore) -> None:
         shutil.copytree(source / folder, root / folder, ignore=ignore)
 
 
+def stage_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a stage's tests. PYTHONPATH makes the processes that tests start
+    (hirn-run as a subprocess, a writer killed mid-file) import the stage's mutated package
+    too, not the installed one; they inherit MUTANT_UNDER_TEST."""
+    mutated = str(root / "mutants" / "src")
+    path = os.pathsep.join(p for p in (mutated, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, HIRN_SHARED=str(SHARED), OMP_NUM_THREADS="1", PYTHONPATH=path,
+                **extra)
+
+
 def mutmut(root: Path, *args: str, log: Path | None = None) -> str:
-    env = dict(os.environ, HIRN_SHARED=str(SHARED), OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env = stage_env(root, PYTHONHASHSEED="0")
     done = subprocess.run(["mutmut", *args], cwd=root, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if log is not None:
@@ -284,7 +299,7 @@ def run_plainly(root: Path, tests: dict[str, list[str]], log: str) -> dict[str, 
     tests = {k: v for k, v in tests.items() if v}
     if not tests:
         return {}
-    env = dict(os.environ, HIRN_SHARED=str(SHARED), OMP_NUM_THREADS="1")
+    env = stage_env(root)
     listing = root / f"{log}.mutants.json"  # too long for a command line
     listing.write_text(json.dumps(tests))
     done = subprocess.run([sys.executable, "-c", RECHECK, str(listing)], env=env,

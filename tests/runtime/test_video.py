@@ -665,3 +665,79 @@ def test_sample_aspect_ratio_is_carried(tmp_path, media):
             sink.write(image)
     assert open_source(tmp_path / "a.mp4").sample_aspect_ratio == Fraction(16, 15)
     assert math.isclose(float(open_source(tmp_path / "a.mp4").fps), 25)
+
+
+UNEVEN_NOTE = ("the input's frames are not evenly spaced in time (a variable frame rate): a "
+               "folder of PNGs keeps their order, not their timing; write a video (.mkv, "
+               ".mp4) to keep it")
+
+
+# (fps, time base, steps of evenly spaced frames, the smallest step that is not): the slack
+# is one tick (29.97 frames/s in milliseconds alternates 33 and 34) or 1% of the frame
+# period (36 of 3600 ticks at 25 frames/s in 1/90000 s), whichever is more
+@pytest.mark.parametrize("fps, time_base, even, uneven", [
+    (Fraction(30000, 1001), Fraction(1, 1000), (33, 34, 33), 35),
+    (25, Fraction(1, 90000), (3636, 3564), 3637),
+])
+def test_a_png_folder_notes_uneven_timing_once(tmp_path, fps, time_base, even, uneven):
+    """PNGs keep no timestamps: frames at the frame rate write no note, uneven ones one note,
+    however many gaps."""
+    def write(name: str, steps) -> list[str]:
+        with open_sink(tmp_path / name, width=16, height=16, fps=fps,
+                       time_base=time_base) as sink:
+            pts = 0
+            for step in (0, *steps):
+                pts += step
+                sink.write(np.zeros((16, 16, 3), np.uint8), pts)
+        assert len(list((tmp_path / name).iterdir())) == len(steps) + 1
+        return sink.notes
+
+    assert write("even", even * 2) == []
+    assert write("gaps", (*even, uneven, *even, uneven, *even)) == [UNEVEN_NOTE]
+
+
+def test_a_wrong_frame_or_a_closed_sink_is_refused_clearly(tmp_path):
+    path = tmp_path / "frames"
+    with open_sink(path, width=16, height=8, fps=25) as sink:
+        sink.write(np.zeros((8, 16, 3), np.uint8))
+        for frame, got in [(np.zeros((16, 8, 3), np.uint8), "shape (16, 8, 3) dtype uint8"),
+                           (np.zeros((8, 16, 3), np.float32), "shape (8, 16, 3) dtype float32"),
+                           ([[0, 0, 0]], "shape None dtype list")]:
+            with pytest.raises(ValueError) as error:
+                sink.write(frame)
+            assert str(error.value) == (f"expected a [8, 16, 3] uint8 or uint16 RGB frame, "
+                                        f"got {got}")
+    assert len(list(path.iterdir())) == 1  # the refused frames wrote nothing
+    with pytest.raises(RuntimeError) as error:
+        sink.write(np.zeros((8, 16, 3), np.uint8))
+    assert str(error.value) == f"the sink for {path} is already closed"
+
+
+def test_frames_without_timestamps_are_numbered_at_the_frame_rate(tmp_path):
+    """In the sink's time base (here milliseconds), not in frames."""
+    path = tmp_path / "out.mkv"
+    with open_sink(path, width=16, height=16, fps=25, codec="ffv1",
+                   time_base=Fraction(1, 1000)) as sink:
+        for value in (0, 100, 200):
+            sink.write(np.full((16, 16, 3), value, np.uint8))
+    with av.open(str(path)) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    assert times == pytest.approx([0.0, 0.04, 0.08])
+
+
+def test_16_bit_frames_are_written_as_ten_bit_video(tmp_path, media):
+    """uint16 RGB in, 10-bit H.265 out (converted to YUV with the BT.709 matrix), read back
+    as the same 16-bit frames within the ten-bit precision."""
+    frames = media.synthetic_frames(3)
+    deep = [frame.astype(np.uint16) * 257 for frame in frames]
+    path = tmp_path / "ten.mkv"
+    with open_sink(path, width=64, height=48, fps=25, codec="h265", crf=0,
+                   pix_fmt="yuv444p10le") as sink:
+        for image in deep:
+            sink.write(image)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv444p10le"
+    source = open_source(path)
+    for (image, _), truth in zip(source, deep, strict=True):
+        assert image.dtype == np.uint16
+        assert psnr(image / 65535.0, truth / 65535.0) > TEN_BIT_MIN_PSNR_DB
