@@ -161,6 +161,10 @@ EQUIVALENT: dict[str, str] = {
     "hirn.runtime.windows.x_iter_windows__mutmut_17":
         "first is set to keep_from before it is read, and held is empty when the first "
         "del runs: its initial value is never used",
+    "hirn.runtime.windows.x_iter_windows__mutmut_63":
+        "ended and total <= reach are one fact: the reading loop stops with total > reach "
+        "unless the stream ends, and the end is only seen while total <= reach (a window "
+        "after it is the last and returns): 'and' and 'or' of them agree",
     "hirn.runtime.windows.x_iter_windows__mutmut_20":
         "ended is only tested for truth: None and False act alike",
 }
