@@ -24,29 +24,6 @@ MODEL_ATOL = 2e-6        # model vs the original, float32: measured 6.6e-7 (t6),
 FLOW_ATOL = 5e-6         # SpyNet flows vs the original: measured 2.0e-6
 DCN_ATOL = 1e-5          # deformable conv vs the plain-loop reference
 FP16_MIN_PSNR_DB = 40.0  # autocast FP16 output vs FP32 (GPU)
-
-
-def needs_shared(path: Path) -> pytest.MarkDecorator:
-    """Skip, saying why, when a file from ../shared is absent."""
-    return pytest.mark.skipif(not path.exists(),
-                              reason=f"{path} is absent (the ../shared checkout is needed)")
-
-
-def calendar_crop(frames: int, top: int, left: int, height: int, width: int):
-    """The first ``frames`` Vid4 calendar LR frames, cropped: ``[T, 3, H, W]`` float32 RGB."""
-    import cv2
-    import numpy as np
-
-    paths = sorted(CALENDAR_LR.glob("*.png"))[:frames]
-    rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
-    crop = rgb[:, top:top + height, left:left + width]
-    return crop.transpose(0, 3, 1, 2).astype(np.float32) / 255
-
-
-def psnr(a, b, peak: float = 1.0) -> float:
-    """PSNR in dB of two float arrays/tensors; inf when equal."""
-    mse = float(((a - b) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 ONNX_GRAPH_ATOL = 1e-5   # one exported graph vs its PyTorch step module (float32): measured
                          # 3.4e-6 (step_group, outputs up to 1.0), 7e-7 (encode, decode)
 ONNX_CLIP_ATOL = 2e-6    # whole clip through onnxruntime vs the original's output: measured
@@ -92,6 +69,75 @@ DEEP_RUN_MAX_ERROR = 0.5 / 1023  # hirn-run's 16-bit output vs the model's on a 
                                  # (tiny model, 80x64, FFV1 gbrp16le; an 8-bit path: > 2)
 DEEP_RUN_MAX_LEVELS = 2  # 16-bit levels between hirn-run's 16-bit PNGs and the model's
                          # output: measured 1 (tiny model, 80x64)
+
+# Per area (moved here from the test files so that each name is defined once).
+# Video I/O (test_video.py, test_cli.py, test_colour.py), 8-bit levels unless said otherwise:
+# RGB PSNR of the calendar at 176x144 through H.264 CRF 18 vs the frames encoded: chroma 4:2:0
+# alone caps it near 30.7 dB on this small, detailed, saturated crop (28.6 dB measured)
+H264_MIN_PSNR_DB = 27.0
+REENCODE_MIN_PSNR_DB = 27.0  # an H.264 re-encode (CRF 18) vs the decoded input
+COLOUR_MAX_ERROR = 4  # levels inside flat colour blocks through H.264/H.265 at CRF 0
+TEN_BIT_MIN_PSNR_DB = 40.0  # 10-bit video at CRF 0 read as 16-bit vs the frames encoded
+AUDIO_SECONDS_ATOL = 0.03  # seconds: about one AAC packet (1024 samples at 44.1 kHz)
+FRAME_TIME_ATOL = 1e-3   # seconds between frames vs 1 / fps (containers round to ms or less)
+# Mean |difference| of the YUV samples, output vs source, after YUV -> RGB -> YUV with the
+# same matrix and range (4:2:0 chroma up- and down-sampled once): measured 0.74 (BT.601
+# limited, 176x144), 0.69 (BT.709 full range, 320x240), 0.77 (BT.2020 PQ, 176x144)
+COLOUR_ROUND_TRIP_MAX_MEAN = 1.0
+# the same for a full-range source written as limited range (what every output was before):
+# measured 7.2 levels
+COLOUR_SHIFTED_MIN_MEAN = 5.0
+# Padding (test_padding.py):
+PADDED_CROP_MAX_LEVELS = 1  # levels between the pipeline and the model on padded frames
+# A random-weights HiRN adds a small residual to its upsampled input, so its output stays
+# close to bicubic: 29.9 dB measured on the 240x135 frame, 22.9 dB with the crop one LR row off
+PADDED_ALIGNED_MIN_PSNR_DB = 27.0
+# Training data and metrics (test_data.py, test_metrics.py, test_evaluate.py, ...):
+LR_GT_ALIGNED_MIN_PSNR_DB = 28.0  # LR vs area-downscaled GT of the same place (misaligned:
+                                  # < 20)
+PSNR_ATOL = 1e-10  # dB, vs scikit-image (same float64 formula)
+# SSIM vs scikit-image: both use the same normalised 11x11 Gaussian and only window
+# positions fully inside the image (skimage filters with reflected borders, then crops
+# 5 pixels, which removes every position the border mode touches); what is left is
+# float64 summation order (OpenCV's filter2D vs SciPy's separable filter).
+SSIM_ATOL = 1e-10
+SSIM_CLOSED_FORM_ATOL = 1e-9  # closed forms vs the filtered computation
+METRIC_JSON_ATOL = 1e-9  # hirn-eval's JSON numbers vs the same metrics computed in the test
+RAMP_ATOL = 1e-9  # float64 reproduction of a linear ramp by the cubic kernel
+LR_RTOL = 1e-12   # the learning-rate scheduler vs its closed form
+BATCH_CLIP_ATOL = 1e-5  # a clip's output in a batch of two vs alone (float32)
+# Plugin graphs (test_plugin_graphs.py), max abs unless said otherwise:
+PLUGIN_GRAPH_ATOL = 1e-5  # one FP32 plugin graph vs its DeformConv twin
+PLUGIN_CLIP_ATOL = 1e-5   # a whole FP32 clip, plugin folder vs DeformConv folder
+PLUGIN_FP16_GRAPH_RTOL = 1e-2  # FP16 plugin graph vs FP16 DeformConv graph, relative to the
+                               # range
+# TensorRT (test_tensorrt_backend.py; GPU, not measured on this machine):
+TRT_FP32_CLIP_ATOL = 1e-3     # FP32 engines (no TF32) vs ONNX Runtime FP32, whole clip
+TRT_FP16_MIN_PSNR_DB = 40.0   # FP16 engines vs ONNX Runtime FP32, peak = reference range
+CUDA_GRAPH_ATOL = 1e-6        # replayed CUDA graphs vs plain execution of the same engines
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Skip, saying why, when a file from ../shared is absent."""
+    return pytest.mark.skipif(not path.exists(),
+                              reason=f"{path} is absent (the ../shared checkout is needed)")
+
+
+def calendar_crop(frames: int, top: int, left: int, height: int, width: int):
+    """The first ``frames`` Vid4 calendar LR frames, cropped: ``[T, 3, H, W]`` float32 RGB."""
+    import cv2
+    import numpy as np
+
+    paths = sorted(CALENDAR_LR.glob("*.png"))[:frames]
+    rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
+    crop = rgb[:, top:top + height, left:left + width]
+    return crop.transpose(0, 3, 1, 2).astype(np.float32) / 255
+
+
+def psnr(a, b, peak: float = 1.0) -> float:
+    """PSNR in dB of two float arrays/tensors; inf when equal."""
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600):

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from support import PLUGIN_CLIP_ATOL, PLUGIN_FP16_GRAPH_RTOL, PLUGIN_GRAPH_ATOL
 
 from hirn.core.errors import BackendError
 from hirn.export.manifest import read_manifest, verify_folder, write_manifest
@@ -24,9 +25,6 @@ pytest.importorskip("onnxruntime_extensions",
 
 from hirn.export import plugin_ops  # noqa: E402
 
-GRAPH_ATOL = 1e-5        # one FP32 plugin graph vs its DeformConv twin (max abs)
-CLIP_ATOL = 1e-5         # a whole FP32 clip, plugin folder vs DeformConv folder (max abs)
-FP16_GRAPH_RTOL = 1e-2   # FP16 plugin graph vs FP16 DeformConv graph, relative to the range
 MUTATION_MIN_DIFF = 1e-3  # a wrong DCN attribute must move the output at least this much
 ALIGNED = ["step_backward", "step_forward", "step_group"]  # the graphs with a DCN
 
@@ -115,7 +113,7 @@ def test_plugin_graph_equals_deformconv_graph(folders, graph):
     feeds = _inputs(plugin)  # another size than the export traced (66x98)
     out, expected = plugin.run(None, feeds)[0], reference.run(None, feeds)[0]
     assert out.shape == expected.shape == (1, 16, 64, 80)
-    assert np.abs(out - expected).max() <= GRAPH_ATOL
+    assert np.abs(out - expected).max() <= PLUGIN_GRAPH_ATOL
 
 
 def test_a_wrong_dcn_attribute_is_detected(folders):
@@ -141,7 +139,7 @@ def test_whole_clip_plugin_folder_equals_deformconv_folder(folders):
     out = upscale_clip(plugin, frames, batch_size=2)
     expected = upscale_clip(OnnxRuntimeRunner(folders["onnx"]), frames, batch_size=2)
     assert out.shape == (3, 3, 256, 256)
-    assert np.abs(out - expected).max() <= CLIP_ATOL
+    assert np.abs(out - expected).max() <= PLUGIN_CLIP_ATOL
 
 
 def test_fp16_plugin_graph_matches_fp16_deformconv_graph(tmp_path):
@@ -167,7 +165,8 @@ def test_fp16_plugin_graph_matches_fp16_deformconv_graph(tmp_path):
     out, expected = plugin.run(None, feeds)[0], reference.run(None, feeds)[0]
     assert out.dtype == np.float16
     out, expected = out.astype(np.float32), expected.astype(np.float32)
-    assert np.abs(out - expected).max() <= FP16_GRAPH_RTOL * (expected.max() - expected.min())
+    spread = expected.max() - expected.min()
+    assert np.abs(out - expected).max() <= PLUGIN_FP16_GRAPH_RTOL * spread
 
 
 def test_cpu_rewrite_refuses_a_node_without_bias(folders):

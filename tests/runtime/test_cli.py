@@ -25,6 +25,7 @@ import pytest
 import torch
 import tqdm.std
 from support import (
+    AUDIO_SECONDS_ATOL,
     RUN_MAX_LEVELS,
     RUN_MIN_SHARE_WITHIN,
     RUN_TORCH_MAX_LEVELS,
@@ -44,8 +45,6 @@ from hirn.runtime.progress import progress_bar
 from hirn.runtime.video import open_source, read_frames
 from hirn.train import load_model
 
-# Tolerances of this file (the output's parity bar, RUN_*, is in support.py).
-AUDIO_SECONDS_ATOL = 0.03  # about one AAC packet (1024 samples at 44.1 kHz)
 SIGNAL_TIMEOUT_S = 120  # for the subprocesses stopped by a signal or a full disk
 
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine

@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from support import COLOUR_ROUND_TRIP_MAX_MEAN, COLOUR_SHIFTED_MIN_MEAN
 
 from hirn.runtime.colour import (
     BT709,
@@ -22,15 +23,6 @@ from hirn.runtime.colour import (
     guess_matrix,
 )
 from hirn.runtime.video import open_sink, open_source
-
-# Tolerances, all in one place.
-# Mean |difference| of the YUV samples, output vs source, after YUV -> RGB -> YUV with the
-# same matrix and range (4:2:0 chroma up- and down-sampled once): measured 0.74 (BT.601
-# limited, 176x144), 0.69 (BT.709 full range, 320x240), 0.77 (BT.2020 PQ, 176x144)
-ROUND_TRIP_MAX_MEAN = 1.0
-# the same for a full-range source written as limited range (what every output was before):
-# measured 7.2 levels
-SHIFTED_MIN_MEAN = 5.0
 
 SD_BT601 = Colour(matrix=SMPTE170M, range=LIMITED, primaries=6, transfer=6)  # NTSC SD
 FULL_BT709 = Colour(matrix=BT709, range=FULL, primaries=1, transfer=1)  # phone video
@@ -98,7 +90,7 @@ def test_colours_and_tags_survive_a_round_trip(tmp_path, colour, size):
     assert stream_colour(output) == colour
     difference = np.abs(yuv_frames(output).astype(float) - yuv_frames(source)).mean()
     print(f"{colour.describe()}: mean difference {difference:.3f} levels")
-    assert difference < ROUND_TRIP_MAX_MEAN
+    assert difference < COLOUR_ROUND_TRIP_MAX_MEAN
 
 
 def test_full_range_written_as_limited_comes_back_shifted(tmp_path):
@@ -109,7 +101,7 @@ def test_full_range_written_as_limited_comes_back_shifted(tmp_path):
     assert stream_colour(output) == Colour(BT709, LIMITED, 2, 2)
     difference = np.abs(yuv_frames(output).astype(float) - yuv_frames(source)).mean()
     print(f"full range written as limited: mean difference {difference:.3f} levels")
-    assert difference > SHIFTED_MIN_MEAN
+    assert difference > COLOUR_SHIFTED_MIN_MEAN
 
 
 def test_untagged_video_is_read_with_the_usual_guess(tmp_path):
@@ -141,7 +133,7 @@ def test_hdr_keeps_its_tags_and_coded_values_with_a_note(tmp_path):
     assert stream_colour(output) == HDR_PQ
     difference = np.abs(yuv_frames(output).astype(float) - yuv_frames(source.path)).mean()
     print(f"{HDR_PQ.describe()}, PQ: mean difference {difference:.3f} levels")
-    assert difference < ROUND_TRIP_MAX_MEAN
+    assert difference < COLOUR_ROUND_TRIP_MAX_MEAN
 
 
 def test_ffv1_output_is_rgb_tagged_with_primaries_and_transfer(tmp_path):

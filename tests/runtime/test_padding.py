@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from support import PADDED_ALIGNED_MIN_PSNR_DB, PADDED_CROP_MAX_LEVELS
 
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.padding import (
@@ -22,12 +23,6 @@ from hirn.runtime.pipeline import RunConfig, open_output, upscale
 from hirn.runtime.video import open_source, read_frames
 from hirn.train import load_model
 from hirn.train.hirn import MIN_SIZE as MODEL_MIN_SIZE
-
-# Tolerances, all in one place.
-CROP_MAX_LEVELS = 1  # 8-bit levels between the pipeline and the model on padded frames
-# A random-weights HiRN adds a small residual to its upsampled input, so its output stays close
-# to bicubic: 29.9 dB measured on the 240x135 frame, 22.9 dB with the crop one LR row off
-ALIGNED_MIN_PSNR_DB = 27.0
 
 
 def reflect_index(i: int, n: int) -> int:
@@ -130,7 +125,7 @@ def test_a_7x9_video_upscales_to_28x36_like_the_model_on_padded_frames(tmp_path,
     with torch.no_grad():
         expected = tiny_model(padded[None])[0, :, :, :28, :36]
     expected = (expected.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    assert np.abs(out.astype(int) - expected).max() <= CROP_MAX_LEVELS
+    assert np.abs(out.astype(int) - expected).max() <= PADDED_CROP_MAX_LEVELS
 
 
 def test_a_240x135_video_upscales_to_960x540_aligned(tmp_path, media, tiny_model, one_thread):
@@ -143,4 +138,4 @@ def test_a_240x135_video_upscales_to_960x540_aligned(tmp_path, media, tiny_model
     shifted = np.mean((out[0, 4:].astype(float) - bicubic[:-4]) ** 2)  # one LR row off
     print(f"PSNR vs bicubic: {10 * np.log10(255**2 / mse):.1f} dB aligned, "
           f"{10 * np.log10(255**2 / shifted):.1f} dB one row off")
-    assert 10 * np.log10(255**2 / mse) >= ALIGNED_MIN_PSNR_DB
+    assert 10 * np.log10(255**2 / mse) >= PADDED_ALIGNED_MIN_PSNR_DB

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import psnr
+from support import CUDA_GRAPH_ATOL, TRT_FP16_MIN_PSNR_DB, TRT_FP32_CLIP_ATOL, psnr
 
 from hirn.core.errors import BackendError, EngineFolderError, ProfileError
 from hirn.core.graphs import graph_specs
@@ -40,9 +40,6 @@ from hirn.runtime.backends.tensorrt_backend import (
 from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN
 
-TRT_FP32_CLIP_ATOL = 1e-3     # FP32 engines (no TF32) vs ONNX Runtime FP32, whole clip
-TRT_FP16_MIN_PSNR_DB = 40.0   # FP16 engines vs ONNX Runtime FP32, peak = reference range
-CUDA_GRAPH_ATOL = 1e-6        # replayed CUDA graphs vs plain execution of the same engines
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 OPTIONS = EngineOptions((64, 64), (64, 64), (96, 128), max_batch=2)
 

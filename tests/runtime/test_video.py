@@ -19,20 +19,21 @@ import av
 import cv2
 import numpy as np
 import pytest
-from support import default_sigint, psnr
+from support import (
+    AUDIO_SECONDS_ATOL,
+    COLOUR_MAX_ERROR,
+    FRAME_TIME_ATOL,
+    H264_MIN_PSNR_DB,
+    REENCODE_MIN_PSNR_DB,
+    TEN_BIT_MIN_PSNR_DB,
+    default_sigint,
+    psnr,
+)
 
 from hirn.core.errors import DecodeError, HirnError, SinkError, SourceError
 from hirn.runtime import video_writer
 from hirn.runtime.video import open_sink, open_source, read_frames
 
-# Tolerances, all in one place.
-# RGB PSNR of the calendar at 176x144 through H.264 CRF 18 vs the frames encoded: chroma 4:2:0
-# alone caps it near 30.7 dB on this small, detailed, saturated crop (28.6 dB measured)
-H264_MIN_PSNR_DB = 27.0
-REENCODE_MIN_PSNR_DB = 27.0  # an H.264 re-encode (CRF 18) vs the decoded input
-COLOUR_MAX_ERROR = 4  # 8-bit levels inside flat colour blocks through H.264/H.265 at CRF 0
-TEN_BIT_MIN_PSNR_DB = 40.0  # 10-bit x264 at CRF 0 read as 16-bit vs the 8-bit frames
-AUDIO_DURATION_ATOL = 0.03  # seconds: about one AAC packet (1024 samples at 44.1 kHz)
 STREAM_PEAK_FRAMES = 6  # Python-side memory while iterating, in frames (a 60-frame clip)
 AUDIO_LEAD_MAX_FRAMES = 24  # one window of hirn-run (its default): how far, in frames, audio
                             # and video may run ahead of each other in the output's file order
@@ -335,8 +336,8 @@ def test_mp4_round_trip_keeps_timestamps_and_remuxes_audio(calendar_mp4, tmp_pat
     (codec_in, seconds_in, channels), = audio_streams(calendar_mp4)
     (codec_out, seconds_out, channels_out), = audio_streams(out)
     assert (codec_out, channels_out) == (codec_in, channels) == ("aac", 2)
-    assert seconds_out == pytest.approx(seconds_in, abs=AUDIO_DURATION_ATOL)
-    assert seconds_in == pytest.approx(0.4, abs=AUDIO_DURATION_ATOL)
+    assert seconds_out == pytest.approx(seconds_in, abs=AUDIO_SECONDS_ATOL)
+    assert seconds_in == pytest.approx(0.4, abs=AUDIO_SECONDS_ATOL)
 
 
 def packet_times(path: Path) -> list[tuple[str, float]]:
@@ -378,7 +379,7 @@ def test_audio_the_container_refuses_is_encoded_to_aac(tmp_path, media):
     out = copy_clip(open_source(path), tmp_path / "pcm.mp4")  # MP4 takes no 8-bit PCM
     (codec, seconds, channels), = audio_streams(out)
     assert (codec, channels) == ("aac", 1)
-    assert seconds == pytest.approx(0.4, abs=AUDIO_DURATION_ATOL)
+    assert seconds == pytest.approx(0.4, abs=AUDIO_SECONDS_ATOL)
 
 
 @pytest.mark.parametrize("codec, name", [("ffv1", "out.mkv"), ("png", "out")])
@@ -405,7 +406,7 @@ def test_other_codecs_and_containers(tmp_path, media, codec, name):
     result = open_source(tmp_path / name)
     assert (result.width, result.height, result.fps, result.frame_count) == (64, 48, 30, 4)
     times = [pts * result.time_base for _, pts in result]
-    assert np.allclose(np.diff([float(t) for t in times]), 1 / 30, atol=1e-3)
+    assert np.allclose(np.diff([float(t) for t in times]), 1 / 30, atol=FRAME_TIME_ATOL)
     with av.open(str(tmp_path / name)) as container:
         assert container.streams.video[0].codec_context.name == {"h264": "h264",
                                                                  "h265": "hevc"}[codec]

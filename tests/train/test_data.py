@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from support import DATA, needs_shared
+from support import DATA, LR_GT_ALIGNED_MIN_PSNR_DB, needs_shared
 
 from hirn.train.config import TrainData, ValData
 from hirn.train.data import (
@@ -22,7 +22,6 @@ from hirn.train.imresize import imresize
 VID4 = DATA / "vid4"
 CALENDAR_GT = VID4 / "calendar" / "GT"
 GT_CROP = (slice(96, 384), slice(160, 480))  # 288x320 GT -> 72x80 LR: room for 64x64 crops
-ALIGNED_MIN_PSNR_DB = 28.0  # LR vs area-downscaled GT of the same place (misaligned: < 20)
 
 pytestmark = needs_shared(CALENDAR_GT)
 
@@ -97,10 +96,10 @@ def test_lr_and_gt_show_the_same_place(reds):
         sample = ds[s]
         for lq, gt in zip(_uint8(sample["lq"]), _uint8(sample["gt"])):
             small = cv2.resize(gt, (64, 64), interpolation=cv2.INTER_AREA)
-            assert _psnr(lq, small) > ALIGNED_MIN_PSNR_DB
+            assert _psnr(lq, small) > LR_GT_ALIGNED_MIN_PSNR_DB
             # The same check detects a one-pixel shift or a flip.
             assert _psnr(lq, np.roll(small, 1, axis=1)) < _psnr(lq, small) - 3
-            assert _psnr(lq, small[:, ::-1]) < ALIGNED_MIN_PSNR_DB
+            assert _psnr(lq, small[:, ::-1]) < LR_GT_ALIGNED_MIN_PSNR_DB
 
 
 def test_on_the_fly_lr_equals_the_imresize_files(reds):

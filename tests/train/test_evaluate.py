@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from support import CALENDAR_LR, DATA, needs_shared
+from support import CALENDAR_LR, DATA, METRIC_JSON_ATOL, needs_shared
 
 from hirn.core.errors import HirnError
 from hirn.train import HiRN, save_checkpoint
@@ -29,7 +29,6 @@ from hirn.train.imresize import imresize
 from hirn.train.metrics import psnr, rgb_to_y, ssim
 
 CALENDAR = DATA / "vid4" / "calendar"
-METRIC_ATOL = 1e-9     # JSON numbers vs the same metrics computed here (float64)
 
 
 def _rgb(path):
@@ -62,10 +61,10 @@ def test_bicubic_cli_on_calendar_matches_metrics_computed_here(tmp_path):
         y_sr, y_gt = rgb_to_y(sr), rgb_to_y(_rgb(CALENDAR / "GT" / name))
         expected_psnr.append(psnr(y_sr, y_gt))
         expected_ssim.append(ssim(y_sr, y_gt))
-    np.testing.assert_allclose(clip["psnr_per_frame"], expected_psnr, rtol=0, atol=METRIC_ATOL)
-    np.testing.assert_allclose(clip["ssim_per_frame"], expected_ssim, rtol=0, atol=METRIC_ATOL)
-    assert math.isclose(report["mean"]["psnr"], np.mean(expected_psnr), abs_tol=METRIC_ATOL)
-    assert math.isclose(report["mean"]["ssim"], np.mean(expected_ssim), abs_tol=METRIC_ATOL)
+    np.testing.assert_allclose(clip["psnr_per_frame"], expected_psnr, rtol=0, atol=METRIC_JSON_ATOL)
+    np.testing.assert_allclose(clip["ssim_per_frame"], expected_ssim, rtol=0, atol=METRIC_JSON_ATOL)
+    assert math.isclose(report["mean"]["psnr"], np.mean(expected_psnr), abs_tol=METRIC_JSON_ATOL)
+    assert math.isclose(report["mean"]["ssim"], np.mean(expected_ssim), abs_tol=METRIC_JSON_ATOL)
     assert 15 < report["mean"]["psnr"] < 30 and report["channel"] == "Y (BT.601)"
     # The table goes to stdout and into the Markdown file, with the mean.
     row = f"| calendar | 3 | {np.mean(expected_psnr):.2f} | {np.mean(expected_ssim):.4f} |"
@@ -129,9 +128,9 @@ def test_lr_made_from_gt_and_reds4_scored_on_rgb(tmp_path):
     assert clip.name == "011" and clip.lr_source == "imresize(GT, 1/4)"
     sr = [imresize(imresize(g, 0.25), 4) for g in gt]
     np.testing.assert_allclose(clip.psnr_per_frame, [psnr(s, g) for s, g in zip(sr, gt)],
-                               rtol=0, atol=METRIC_ATOL)
+                               rtol=0, atol=METRIC_JSON_ATOL)
     np.testing.assert_allclose(clip.ssim_per_frame, [ssim(s, g) for s, g in zip(sr, gt)],
-                               rtol=0, atol=METRIC_ATOL)
+                               rtol=0, atol=METRIC_JSON_ATOL)
     assert report.channel == "RGB" and report.mean_psnr == clip.psnr
 
 
@@ -296,7 +295,7 @@ def test_a_crop_scores_as_the_same_region_of_the_whole_frame(tmp_path, crop):
     sr = _nearest_x4(lr)
     expected = [psnr(rgb_to_y(s[rows, cols]), rgb_to_y(g[rows, cols])) for s, g in zip(sr, gt)]
     np.testing.assert_allclose(report.clips[0].psnr_per_frame, expected, rtol=0,
-                               atol=METRIC_ATOL)
+                               atol=METRIC_JSON_ATOL)
     # the data would show a misalignment: one LR row off scores clearly lower
     off = slice(rows.start + 4, rows.stop + 4)
     shifted = np.mean([psnr(rgb_to_y(s[rows, cols]), rgb_to_y(g[off, cols]))
@@ -316,7 +315,7 @@ def test_crop_cli_scores_bicubic_on_the_matching_gt_window(tmp_path):
     sr = imresize(lr[6:18, 8:24], 4)
     expected = psnr(rgb_to_y(sr), rgb_to_y(gt[0][24:72, 32:96]))
     (clip,) = json.loads((tmp_path / "out.json").read_text())["clips"]
-    assert math.isclose(clip["psnr"], expected, abs_tol=METRIC_ATOL)
+    assert math.isclose(clip["psnr"], expected, abs_tol=METRIC_JSON_ATOL)
     assert f"| city | 1 | {expected:.2f} |" in result.output
 
 
@@ -347,5 +346,5 @@ def test_checkpoint_scores_match_an_independent_computation(tmp_path):
 
     expected = [peak_signal_noise_ratio(luma(g), luma(s), data_range=255)
                 for s, g in zip(sr, gt)]
-    np.testing.assert_allclose(clip["psnr_per_frame"], expected, rtol=0, atol=METRIC_ATOL)
-    assert math.isclose(clip["psnr"], np.mean(expected), abs_tol=METRIC_ATOL)
+    np.testing.assert_allclose(clip["psnr_per_frame"], expected, rtol=0, atol=METRIC_JSON_ATOL)
+    assert math.isclose(clip["psnr"], np.mean(expected), abs_tol=METRIC_JSON_ATOL)

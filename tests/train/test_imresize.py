@@ -3,13 +3,12 @@
 import cv2
 import numpy as np
 import pytest
-from support import CALENDAR_LR, DATA, needs_shared
+from support import CALENDAR_LR, DATA, RAMP_ATOL, needs_shared
 
 from hirn.core.errors import InputError
 from hirn.train.imresize import contributions, cubic, imresize
 
 CALENDAR_GT = DATA / "vid4" / "calendar" / "GT"
-RAMP_ATOL = 1e-9  # float64 reproduction of a linear ramp by the cubic kernel
 
 
 def _read_rgb(path):

@@ -6,19 +6,12 @@ import cv2
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from support import DATA, needs_shared
+from support import DATA, PSNR_ATOL, SSIM_ATOL, SSIM_CLOSED_FORM_ATOL, needs_shared
 
 from hirn.core.errors import InputError
 from hirn.train.metrics import SSIM_C1, psnr, rgb_to_y, ssim
 
 FRAME = DATA / "vid4" / "walk" / "GT" / "010.png"
-PSNR_ATOL = 1e-10  # dB, vs scikit-image (same float64 formula)
-# SSIM vs scikit-image: both use the same normalised 11x11 Gaussian and only window
-# positions fully inside the image (skimage filters with reflected borders, then crops
-# 5 pixels, which removes every position the border mode touches); what is left is
-# float64 summation order (OpenCV's filter2D vs SciPy's separable filter).
-SSIM_ATOL = 1e-10
-HAND_ATOL = 1e-9    # closed forms vs the filtered computation
 
 
 def _skimage_ssim(a, b):
@@ -79,7 +72,7 @@ def test_hand_computed_psnr_and_ssim():
     assert math.isclose(psnr(a, b, peak=1.0), -20.0, abs_tol=PSNR_ATOL)
     # Flat images: no variance or covariance, only the luminance term remains.
     expected = (2 * 100 * 110 + SSIM_C1) / (100**2 + 110**2 + SSIM_C1)
-    assert math.isclose(ssim(a, b), expected, abs_tol=HAND_ATOL)
+    assert math.isclose(ssim(a, b), expected, abs_tol=SSIM_CLOSED_FORM_ATOL)
     # One pixel off by 255 in a 10x10 image: MSE = 255^2 / 100 -> 20 dB.
     c = np.zeros((10, 10, 3), np.uint8)
     d = c.copy()

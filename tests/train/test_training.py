@@ -12,7 +12,7 @@ import cv2
 import pytest
 import torch
 import yaml
-from support import DATA, REPO, WEIGHTS, needs_shared
+from support import DATA, LR_RTOL, REPO, WEIGHTS, needs_shared
 
 from hirn.core.errors import HirnError
 from hirn.train import HiRN
@@ -33,7 +33,6 @@ from hirn.train.schedulers import CosineAnnealingRestartLR
 SPYNET = WEIGHTS / "spynet_sintel_final.pth"
 CALENDAR_GT = DATA / "vid4" / "calendar" / "GT"
 CALENDAR_LR = DATA / "vid4" / "calendar" / "LR_bicubic_matlab"
-LR_RTOL = 1e-12          # scheduler vs its closed form
 TORCHRUN_TIMEOUT_S = 300
 MIN_LOSS_DROP = 0.01     # relative: mean of the last two logged losses vs the first two
 
