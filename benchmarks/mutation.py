@@ -266,18 +266,14 @@ def copy_tree(source: Path, root: Path, ignore) -> None:
         shutil.copytree(source / folder, root / folder, ignore=ignore)
 
 
-def stage_env(root: Path, **extra: str) -> dict[str, str]:
-    """The environment of a stage's tests. PYTHONPATH makes the processes that tests start
-    (hirn-run as a subprocess, a writer killed mid-file) import the stage's mutated package
-    too, not the installed one; they inherit MUTANT_UNDER_TEST."""
-    mutated = str(root / "mutants" / "src")
-    path = os.pathsep.join(p for p in (mutated, os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, HIRN_SHARED=str(SHARED), OMP_NUM_THREADS="1", PYTHONPATH=path,
-                **extra)
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment of a stage's tests (tests/conftest.py points the processes they start
+    at the mutated package: set here, PYTHONPATH would hide mutmut's coverage of the tests)."""
+    return dict(os.environ, HIRN_SHARED=str(SHARED), OMP_NUM_THREADS="1", **extra)
 
 
 def mutmut(root: Path, *args: str, log: Path | None = None) -> str:
-    env = stage_env(root, PYTHONHASHSEED="0")
+    env = stage_env(PYTHONHASHSEED="0")
     done = subprocess.run(["mutmut", *args], cwd=root, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if log is not None:
@@ -325,7 +321,7 @@ def run_plainly(root: Path, tests: dict[str, list[str]], log: str) -> dict[str, 
     tests = {k: v for k, v in tests.items() if v}
     if not tests:
         return {}
-    env = stage_env(root)
+    env = stage_env()
     listing = root / f"{log}.mutants.json"  # too long for a command line
     listing.write_text(json.dumps(tests))
     done = subprocess.run([sys.executable, "-c", RECHECK, str(listing)], env=env,

@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,18 @@ def _fresh_caches_under_mutation():
             for value in list(vars(module).values()):
                 if callable(getattr(value, "cache_clear", None)):
                     value.cache_clear()
+
+
+@pytest.fixture(autouse="MUTANT_UNDER_TEST" in os.environ)
+def _subprocesses_import_the_mutant(monkeypatch):
+    """Under mutation testing this process imports a mutated copy of hirn: the processes a
+    test starts (hirn-run as a subprocess, a writer killed mid-file) must import that copy
+    too, not the installed package (they inherit MUTANT_UNDER_TEST)."""
+    import hirn.core
+
+    mutated = str(Path(hirn.core.__file__).resolve().parents[2])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (mutated, os.environ.get("PYTHONPATH")) if p))
 
 
 @pytest.fixture
