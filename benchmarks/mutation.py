@@ -366,8 +366,11 @@ def run_module(name: str, mutmut_settings: dict, module: dict, source: str, jobs
 
     seconds_before = earlier.get("seconds", 0.0)
     new_kills = earlier.get("killed_by_new_tests", []) if (again or collect) else []
+    head = git("rev-parse", "--short", "HEAD")
+    commit = head  # of the code mutated: the stage's, read when it is made
     if collect or again:  # the stage of the last run: as it was made
         source = earlier.get("source", source)
+        commit = earlier.get("commit", head)
     if not (collect or again):
         root = stage(name, mutmut_settings, module, source)
         seconds_before = 0.0
@@ -422,7 +425,8 @@ def run_module(name: str, mutmut_settings: dict, module: dict, source: str, jobs
             "score": killed / total, "score_without_equivalent": killed / (total - equivalent),
             "counts": counts, "timeouts_rechecked": len(verdicts), "seconds": round(seconds),
             "source": source, "not_checked": not_checked, "timeout_verdicts": verdicts,
-            "commit": git("rev-parse", "--short", "HEAD"),
+            "commit": commit,
+            "retested_at": head if again else earlier.get("retested_at") if collect else None,
             "dirty": source == "worktree" and bool(git("status", "--porcelain", "--", *PACKAGES)),
             "survivors": survivors, "killed_by_new_tests": new_kills}
 
@@ -434,6 +438,11 @@ def git(*args: str) -> str:
 def partial(m: dict) -> str:
     left = m.get("not_checked", 0)
     return f"; stopped early, {left} mutants not checked" if left else ""
+
+
+def retested(m: dict) -> str:
+    at = m.get("retested_at")
+    return f"; survivors retested with the tests at {at}" if at else ""
 
 
 def markdown(modules: dict) -> str:
@@ -460,7 +469,7 @@ def markdown(modules: dict) -> str:
                      f"{m['equivalent']} | {m['unexplained']} | {m['score']:.1%} | "
                      f"{m['score_without_equivalent']:.1%} | {m['seconds'] / 60:.1f} | "
                      f"{m['source']} at {m['commit']}{' + edits' if m['dirty'] else ''}"
-                     f"{partial(m)} |")
+                     f"{retested(m)}{partial(m)} |")
     lines += ["", "Tests run per module:", ""]
     lines += [f"- {name}: " + ", ".join(f"`{t}`" for t in m["tests"])
               for name, m in modules.items()]
