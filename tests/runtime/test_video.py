@@ -452,6 +452,30 @@ def test_one_frame_h265_mp4_has_sane_timestamps(tmp_path):
         assert run.returncode == 0, stderr[-2000:]
 
 
+def test_a_lone_frames_dts_is_set_to_its_pts(tmp_path):
+    """The same fix made deterministic: the encoder's flush hands the lone frame's packet
+    over with a garbage dts (as libx265 sometimes does); the sink writes it with dts = pts."""
+    class GarbageDts:  # the sink's stream, its flushed packets given a garbage dts
+        def __init__(self, stream):
+            self._stream = stream
+
+        def __getattr__(self, name):
+            return getattr(self._stream, name)
+
+        def encode(self, frame=None):
+            packets = self._stream.encode(frame)
+            for packet in packets if frame is None else ():
+                packet.dts = 987_654
+            return packets
+
+    path = tmp_path / "one.mp4"
+    with open_sink(path, width=64, height=48, fps=25, codec="h265", crf=0) as sink:
+        sink._stream = GarbageDts(sink._stream)
+        sink.write(np.zeros((48, 64, 3), np.uint8))
+    with av.open(str(path)) as container:
+        assert [(p.pts, p.dts) for p in container.demux(video=0) if p.size] == [(0, 0)]
+
+
 def test_crf_sets_the_quality(tmp_path, calendar_frames):
     sizes = {}
     for crf in (10, 35):
