@@ -44,8 +44,21 @@ PACKAGES = ("core", "runtime", "train", "export", "plugins")
 SUPPORT = ("tests/support.py", "tests/conftest.py")  # copied with a module's tests
 COPIED = ("tests", "configs")
 
-# Survivors whose change no test can see, with the reason (mutmut's names, at the commit of the
-# results).
+# Reasons shared by several survivors of EQUIVALENT
+_ARANGE_DTYPE = (
+    "the output coordinates are only divided by the scale: integer or float64 arange give "
+    "the same float64 values")
+_CUBIC_KNOTS = (
+    "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
+    "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing")
+_L0_NEVER_CLIPPED = (
+    "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipping of "
+    "l0 (kept because the description has it) never applies, whatever its condition")
+_FIRST_PHASE_UNUSED = (
+    "the first task always sets the phase and empties the encoded batches, which are "
+    "empty then anyway: the initial phase is never used")
+_ASTYPE_NONE = "astype(None) is astype(float64) in numpy"
+_PHASES_COMPARED = "the phases are only compared for a change: 0 then 2 acts as 0 then 1"
 # Why skipping the writer's explicit conversion to YUV changes nothing today
 _ENCODER_CONVERTS = (
     "with PyAV 18 the encoder converts a frame that is not in its format itself, with the "
@@ -53,6 +66,8 @@ _ENCODER_CONVERTS = (
     "conversion gives the same samples (test_colour.py's round trips: 0.74, 0.69 and 0.77 "
     "levels, as unmutated); it is kept so as not to rest on that default")
 
+# Survivors whose change no test can see, with the reason (mutmut's names, at the commit of the
+# results).
 EQUIVALENT: dict[str, str] = {
     "hirn.runtime.padding.x_pad_frames__mutmut_2":
         "frames are [T, C, H, W], the only shape pad_frames takes: shape[+2:] is shape[-2:]",
@@ -71,34 +86,29 @@ EQUIVALENT: dict[str, str] = {
     "hirn.train.imresize.x_imresize__mutmut_33":
         "output_size reads the first two entries only: shape[:3] gives the same size",
     "hirn.train.imresize.x_imresize__mutmut_35":
-        "astype(None) is astype(float64) in numpy",
+        _ASTYPE_NONE,
     "hirn.train.imresize.x_contributions__mutmut_4":
         "at scale 1 the antialiased kernel scale * cubic(scale * x) with width 4 / scale is "
         "the plain cubic kernel: <= 1 and < 1 give the same weights",
     "hirn.train.imresize.x_contributions__mutmut_15":
-        "the output coordinates are only divided by the scale: integer or float64 arange give "
-        "the same float64 values",
+        _ARANGE_DTYPE,
     "hirn.train.imresize.x_contributions__mutmut_18":
-        "the output coordinates are only divided by the scale: integer or float64 arange give "
-        "the same float64 values",
+        _ARANGE_DTYPE,
     "hirn.train.imresize.x_contributions__mutmut_39":
         "one more tap lies outside the kernel's support: its column of weights is all zero and "
         "is dropped (keep = any weight != 0)",
     "hirn.train.imresize.x_cubic__mutmut_19":
-        "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
-        "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing",
+        _CUBIC_KNOTS,
     "hirn.train.imresize.x_cubic__mutmut_35":
-        "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
-        "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing",
+        _CUBIC_KNOTS,
     "hirn.train.imresize.x_cubic__mutmut_37":
-        "both pieces of the kernel are exactly 0 at |x| = 1 and 2 (a = -0.5: every term is a "
-        "multiple of 0.5, so the sums are exact): which piece owns a knot changes nothing",
+        _CUBIC_KNOTS,
     "hirn.train.imresize.x_contributions__mutmut_66":
         "the mirror table gets one more entry (-1) at index 2n, which the indices, taken "
         "modulo 2n, never reach",
-    "hirn.train.metrics.x__pair__mutmut_29": "astype(None) is astype(float64) in numpy",
-    "hirn.train.metrics.x__pair__mutmut_30": "astype(None) is astype(float64) in numpy",
-    "hirn.train.metrics.x_rgb_to_y__mutmut_13": "astype(None) is astype(float64) in numpy",
+    "hirn.train.metrics.x__pair__mutmut_29": _ASTYPE_NONE,
+    "hirn.train.metrics.x__pair__mutmut_30": _ASTYPE_NONE,
+    "hirn.train.metrics.x_rgb_to_y__mutmut_13": _ASTYPE_NONE,
     "hirn.train.metrics.x__ssim_channel__mutmut_28":
         "OpenCV takes any negative ddepth as 'the source's depth': -2 acts as -1",
     "hirn.core.schedule.x__group_branch__mutmut_13":
@@ -115,11 +125,9 @@ EQUIVALENT: dict[str, str] = {
         "names[:max_frames] with max_frames None is names[:None], all of them: the same as "
         "the else branch",
     "hirn.core.schedule.x__group_branch__mutmut_32":
-        "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipping of "
-        "l0 (kept because the description has it) never applies, whatever its condition",
+        _L0_NEVER_CLIPPED,
     "hirn.core.schedule.x__group_branch__mutmut_33":
-        "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipping of "
-        "l0 (kept because the description has it) never applies, whatever its condition",
+        _L0_NEVER_CLIPPED,
     "hirn.core.schedule.x__group_branch__mutmut_34":
         "l0 <= f in every column of both tables, so base + l0 <= frame < t: the clipped "
         "value is never assigned",
@@ -127,7 +135,7 @@ EQUIVALENT: dict[str, str] = {
         "2 / d is 2.0 or -2.0 for d = 1 or -1, and a float frame equals and hashes as the "
         "int (FeatureRef(b, 5.0) == FeatureRef(b, 5))",
     "hirn.core.liveness.x__phase__mutmut_8":
-        "the phases are only compared for a change: 0 then 2 acts as 0 then 1",
+        _PHASES_COMPARED,
     "hirn.core.recurrence.x_walk__mutmut_33":
         "the decode table is read only by decode tasks, which a schedule has only when the "
         "caller passes decode: building it anyway costs time, not results",
@@ -136,13 +144,11 @@ EQUIVALENT: dict[str, str] = {
         "task read or made, and a missing input fails at its reader first): pop needs no "
         "default",
     "hirn.core.liveness.x__recomputing__mutmut_30":
-        "the phases are only compared for a change: 0 then 2 acts as 0 then 1",
+        _PHASES_COMPARED,
     "hirn.core.liveness.x__with_encodes__mutmut_4":
-        "the first task always sets the phase and empties the encoded batches, which are "
-        "empty then anyway: the initial phase is never used",
+        _FIRST_PHASE_UNUSED,
     "hirn.core.liveness.x__with_encodes__mutmut_5":
-        "the first task always sets the phase and empties the encoded batches, which are "
-        "empty then anyway: the initial phase is never used",
+        _FIRST_PHASE_UNUSED,
     "hirn.runtime.video_writer.xǁVideoSinkǁ_write__mutmut_8":
         _ENCODER_CONVERTS,
     "hirn.runtime.video_writer.xǁVideoSinkǁ_write__mutmut_9":
