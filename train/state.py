@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import re
 import signal
 import sys
 import threading
@@ -29,9 +31,18 @@ from hirn.core.files import atomic_file
 STATE_DIR = "training_states"
 STATE_SUFFIX = ".state"
 
+# States written before the RNG states were made plain keep NumPy's keys as an array, rebuilt
+# by this function (NumPy 2 names its module numpy._core, NumPy 1 numpy.core).
+_OLDER_NUMPY_RNG_NAMES = ("numpy._core.multiarray._reconstruct",
+                          "numpy.core.multiarray._reconstruct")
+
 
 def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The RNG states of Python, NumPy and PyTorch (and CUDA), as tuples, lists, numbers and
+    tensors only: what ``torch.load(..., weights_only=True)`` reads without an allow-list."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(),
+              "numpy": (kind, keys.tolist(), position, has_gauss, gauss),
               "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -40,7 +51,9 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    # The keys are a list (an array in states written before they were made plain).
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -66,21 +79,70 @@ def latest_state(work_dir: Path) -> Path | None:
 
 
 def load_state(path: Path) -> dict:
-    """Read a resume state written by :func:`save_state`."""
+    """Read a resume state written by :func:`save_state`, with ``weights_only=True``: a file
+    that would call or build anything else (which can run code) is refused, never run."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"resume state not found: {path}")
     try:
-        # RNG states hold NumPy arrays and tuples: not loadable with weights_only.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = _load_plain(path)
+    except pickle.UnpicklingError as exc:
+        name = _refused_global(exc)
+        if name is None:
+            raise CheckpointError(f"cannot read resume state {path}: {_reason(exc)}") from exc
+        raise CheckpointError(
+            f"refused resume state {path}: loading it would call {name}, which can run any "
+            "code (a state hirn-train writes holds only tensors and plain values); nothing in "
+            "it was run: resume from a state hirn-train wrote, or start over without --resume"
+        ) from exc
+    except CheckpointError:
+        raise
     except Exception as exc:
-        raise CheckpointError(f"cannot read resume state {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read resume state {path}: {_reason(exc)}") from exc
     needed = {"iter", "params", "optimizer", "scheduler", "rng"}
     lacking = sorted(needed - set(state)) if isinstance(state, dict) else sorted(needed)
     if lacking:
         raise CheckpointError(f"{path} is not a hirn-train resume state (it lacks {lacking}); "
                               "to start from weights only, use path.pretrain_network_g")
     return state
+
+
+def _load_plain(path: Path) -> dict:
+    """``torch.load(weights_only=True)``; a state written before the RNG states were plain
+    also needs NumPy's array rebuild, and only that."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _refused_global(exc) not in _OLDER_NUMPY_RNG_NAMES:
+            raise
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
+        raise CheckpointError(
+            f"{path} was written by an older hirn-train (NumPy arrays in its RNG states), which "
+            f"torch {torch.__version__} cannot load safely: resume with torch 2.5 or later, or "
+            "start over without --resume")
+    rebuild = np.empty(0).__reduce__()[0]  # the function NumPy pickles arrays with
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+               *((rebuild, name) for name in _OLDER_NUMPY_RNG_NAMES)]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _refused_global(exc: pickle.UnpicklingError) -> str | None:
+    """The function or class a weights_only load refused to import, from torch's message."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return found[1] if found else None
+
+
+# Lines torch wraps around what failed in a weights_only load.
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line of a (often long, multi-line) error from torch: the one that says what failed."""
+    lines = [line.removeprefix("WeightsUnpickler error:").strip()
+             for line in str(exc).splitlines()]
+    said = [line for line in lines if line and not line.startswith(_TORCH_BOILERPLATE)]
+    return said[0] if said else type(exc).__name__
 
 
 # --- stopping on a signal --------------------------------------------------------------------
