@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +89,12 @@ def load_state(path: Path) -> dict:
         state = _load_plain(path)
     except pickle.UnpicklingError as exc:
         name = _refused_global(exc)
-        if name is None:
-            raise CheckpointError(f"cannot read resume state {path}: {_reason(exc)}") from exc
-        raise CheckpointError(
-            f"refused resume state {path}: loading it would call {name}, which can run any "
-            "code (a state hirn-train writes holds only tensors and plain values); nothing in "
-            "it was run: resume from a state hirn-train wrote, or start over without --resume"
-        ) from exc
+        what = (f"loading it would call {name}, which can run any code (a state hirn-train "
+                "writes holds only tensors and plain values)" if name else
+                f"it is not a file torch.save wrote, which alone is loaded ({_reason(exc)})")
+        raise CheckpointError(f"refused resume state {path}: {what}; nothing in it was run: "
+                              "resume from a state hirn-train wrote, or start over without "
+                              "--resume") from exc
     except CheckpointError:
         raise
     except Exception as exc:
@@ -111,7 +111,9 @@ def _load_plain(path: Path) -> dict:
     """``torch.load(weights_only=True)``; a state written before the RNG states were plain
     also needs NumPy's array rebuild, and only that."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remark on a pickle it did not write
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if _refused_global(exc) not in _OLDER_NUMPY_RNG_NAMES:
             raise
