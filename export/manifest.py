@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -100,10 +101,31 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     return read_folder_manifest(folder, ONNX_FOLDER)
 
 
-def check_listed_file(folder: Path, entry: dict, kind: ManifestKind, what: str = "") -> None:
+def inside_folder(folder: Path, name: object, kind: ManifestKind, entry: str,
+                  base: Path | None = None) -> Path:
+    """The path of the file ``name`` that ``entry`` of a folder's manifest (or of one of its
+    graphs) lists, relative to ``base`` (default: the folder), after checking that it stays
+    inside the folder, symbolic links resolved: a folder lists only files of its own."""
+    folder = Path(folder)
+    if not isinstance(name, str) or not name:
+        raise kind.error(f"{folder / kind.name}: {entry} names no file ({name!r}): it was "
+                         f"edited; {kind.fix}")
+    path = Path(base or folder) / name
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise kind.error(f"{folder / kind.name}: {entry} names {name!r}, which is "
+                         f"{resolved}: outside {folder}, so it was refused (a manifest lists "
+                         f"only files of its own folder); {kind.fix}")
+    return path
+
+
+def check_listed_file(folder: Path, entry: dict, kind: ManifestKind, what: str = "",
+                      entry_name: str = "") -> None:
     """Raise ``kind.error`` when the file a manifest ``entry`` lists (``file``, ``bytes``,
-    ``sha256``) is missing, of another size or altered; ``what`` names it in messages."""
-    path = Path(folder) / entry["file"]
+    ``sha256``) is outside ``folder``, missing, of another size or altered; ``what`` names it
+    in messages, ``entry_name`` names the entry (default: ``what``)."""
+    path = inside_folder(folder, entry.get("file"), kind,
+                         f'the "file" of {entry_name or what or "an entry"}')
     label = f"{path} ({what})" if what else str(path)
     if not path.is_file():
         raise kind.error(f"{label} is missing; {kind.fix}")
@@ -128,14 +150,68 @@ def verify_listed(folder: str | os.PathLike, kind: ManifestKind, graphs: list[st
         if name not in entries:
             raise kind.error(f"{folder / kind.name} lists no {kind.contents} {name!r} (it has "
                              f"{sorted(entries)}); {kind.fix}")
-        check_listed_file(folder, entries[name], kind, what.format(name=name))
+        check_listed_file(folder, entries[name], kind, what.format(name=name),
+                          f"{kind.contents} {name!r}")
     return manifest
 
 
 def verify_folder(folder: str | os.PathLike, graphs: list[str] | None = None) -> dict:
-    """Check the graphs of ``folder`` against its manifest; return the manifest.
+    """Check the graphs of ``folder`` against its manifest, and their weights; return the
+    manifest. Every backend reads a folder through this, before any runtime opens a graph.
 
-    Raises :class:`ModelFolderError` naming the first missing, truncated or
-    altered file.
+    Raises :class:`ModelFolderError` naming the first file outside the folder, missing,
+    truncated or altered, or the first graph with weights that are not finite.
     """
-    return verify_listed(folder, ONNX_FOLDER, graphs)
+    manifest = verify_listed(folder, ONNX_FOLDER, graphs)
+    for name in graphs or list(manifest["graphs"]):
+        check_graph_weights(Path(folder), name, manifest["graphs"][name]["file"])
+    return manifest
+
+
+def check_graph_weights(folder: Path, graph: str, file: str) -> None:
+    """Raise :class:`ModelFolderError` when a weight of ``graph`` (an initializer or a
+    constant, external data included) lies outside ``folder`` or is not finite: ONNX
+    Runtime refuses NaN/Inf weights, OpenVINO runs them into wrong output."""
+    import numpy as np
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
+    path = folder / file
+    label = f"{path} (graph {graph})"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and others: the bytes are not a graph
+        raise ModelFolderError(f"{label} is not an ONNX graph ({exc}); "
+                               f"{ONNX_FOLDER.fix}") from exc
+    tensors = list(_weights(model.graph))
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location")
+            inside_folder(folder, location, ONNX_FOLDER,
+                          f"the external data of {tensor.name!r} in graph {graph!r}",
+                          base=path.parent)
+    external_data_helper.load_external_data_for_model(model, str(path.parent))
+    for tensor in tensors:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise ModelFolderError(
+                f"{label} has weights that are not finite (NaN or Inf), first in "
+                f"{tensor.name!r}: the file is damaged or its training diverged; "
+                f"{ONNX_FOLDER.fix} from a checkpoint with finite weights")
+
+
+def _weights(graph) -> Iterator:
+    """Every tensor stored in ``graph``: initializers (sparse ones' values too) and the
+    tensors of node attributes (``Constant``), subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _weights(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _weights(subgraph)

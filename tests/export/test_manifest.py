@@ -6,8 +6,12 @@ import pytest
 
 from hirn.core.errors import EngineFolderError, ModelFolderError
 from hirn.export import engine_cache, manifest
-from hirn.export.engine_cache import read_engines_manifest, write_engines_manifest
-from hirn.export.manifest import read_manifest, write_manifest
+from hirn.export.engine_cache import (
+    read_engines_manifest,
+    verify_engine_folder,
+    write_engines_manifest,
+)
+from hirn.export.manifest import read_manifest, sha256_of, verify_folder, write_manifest
 
 KINDS = [  # (reader, writer, format, version, error, what a damaged folder asks for)
     (read_manifest, write_manifest, manifest.FORMAT, manifest.FORMAT_VERSION, ModelFolderError,
@@ -61,3 +65,35 @@ def test_missing_folder_file_and_bad_json(tmp_path, read, write, fmt, version, e
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(error, match="is not a hirn"):
         read(tmp_path)
+
+
+VERIFIERS = [  # (verify, writer, format, version, error, manifest file, what it lists)
+    (verify_folder, write_manifest, manifest.FORMAT, manifest.FORMAT_VERSION, ModelFolderError,
+     manifest.MANIFEST_NAME, "graph"),
+    (verify_engine_folder, write_engines_manifest, engine_cache.FORMAT,
+     engine_cache.FORMAT_VERSION, EngineFolderError, engine_cache.ENGINES_NAME, "engine"),
+]
+
+
+@pytest.mark.parametrize("verify, write, fmt, version, error, file, contents", VERIFIERS)
+@pytest.mark.parametrize("where", ["absolute", "parent", "symlink"])
+def test_a_listed_file_outside_the_folder_is_refused(tmp_path, verify, write, fmt, version,
+                                                     error, file, contents, where):
+    """An intact entry (right size and SHA-256) that leads out of the folder: refused before
+    the file is read, naming the entry and where it leads."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours to read")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    name = {"absolute": str(secret), "parent": "../secret", "symlink": "link"}[where]
+    if where == "symlink":
+        (folder / "link").symlink_to(secret)
+    content = _valid(fmt, version)
+    content["graphs"]["encode"] = {"file": name, "bytes": secret.stat().st_size,
+                                   "sha256": sha256_of(secret)}
+    write(folder, content)
+    with pytest.raises(error) as caught:
+        verify(folder)
+    assert str(caught.value).startswith(
+        f"{folder / file}: the \"file\" of {contents} 'encode' names {name!r}, which is "
+        f"{secret.resolve()}: outside {folder}, so it was refused")
