@@ -190,13 +190,17 @@ def check_graph_weights(folder: Path, graph: str, file: str) -> None:
             inside_folder(folder, location, ONNX_FOLDER,
                           f"the external data of {tensor.name!r} in graph {graph!r}",
                           base=path.parent)
-    external_data_helper.load_external_data_for_model(model, str(path.parent))
-    for tensor in tensors:
-        values = numpy_helper.to_array(tensor)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+        arrays = [(tensor.name, numpy_helper.to_array(tensor)) for tensor in tensors]
+    except Exception as exc:  # external data missing or short, a tensor of the wrong size
+        raise ModelFolderError(f"{label} has weights that cannot be read ({exc}); "
+                               f"{ONNX_FOLDER.fix}") from exc
+    for name, values in arrays:
         if values.dtype.kind in "fc" and not np.isfinite(values).all():
             raise ModelFolderError(
                 f"{label} has weights that are not finite (NaN or Inf), first in "
-                f"{tensor.name!r}: the file is damaged or its training diverged; "
+                f"{name!r}: the file is damaged or its training diverged; "
                 f"{ONNX_FOLDER.fix} from a checkpoint with finite weights")
 
 
