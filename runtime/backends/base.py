@@ -107,8 +107,12 @@ class Runner(ABC):
         self.mid_channels = mid_channels
         self.batchable = dict(batchable or {})
 
+    closed = False
+
     def run(self, graph: str, *inputs):
         """Run ``graph`` on positional ``inputs`` (in the graph's input order); one output."""
+        if self.closed:
+            raise RuntimeError(f"the {self.name} runner was closed: make a new one")
         expected = self.graph_inputs.get(graph)
         if expected is None:
             raise KeyError(f"{self.name} backend has no graph {graph!r}; "
@@ -147,6 +151,22 @@ class Runner(ABC):
 
     def describe(self) -> str:
         return self.name
+
+    def close(self) -> None:
+        """Release what the runner holds (sessions, compiled graphs, engines, device memory)
+        now rather than at garbage collection; closing twice does nothing."""
+        if not self.closed:
+            self._close_impl()
+            self.closed = True
+
+    def _close_impl(self) -> None:  # noqa: B027 (a runner that holds nothing needs no close)
+        """Drop the backend's own objects; the base holds none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class HostArrays:

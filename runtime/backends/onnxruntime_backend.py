@@ -129,6 +129,9 @@ class _SessionRunner(Runner):
         sizes = {"batch": batch, "height": height, "width": width}
         return concrete_shape(spec["shape"], sizes), spec["dtype"]
 
+    def _close_impl(self) -> None:
+        self.sessions.clear()  # each InferenceSession frees its arena when dropped
+
     def describe(self) -> str:
         import onnxruntime
 

@@ -190,6 +190,10 @@ class OpenVinoRunner(HostArrays, Runner):
         channels = 2 if kind == "flow" else self.mid_channels
         return np.zeros((batch, channels, height, width), dtype=np.float32)
 
+    def _close_impl(self) -> None:
+        self.requests.clear()  # the compiled models go with their requests
+        self.models.clear()
+
     def describe(self) -> str:
         import openvino
 

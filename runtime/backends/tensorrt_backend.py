@@ -317,9 +317,17 @@ class TensorRTRunner(Runner):
     def split(self, array) -> list:
         return list(array.split(1, dim=0))
 
+    def _close_impl(self) -> None:
+        # captured graphs and contexts before the engines they run, as TensorRT requires
+        self._captured.clear()
+        self.contexts = {}
+        self.engines = {}
+        self._activations = None
+        self._torch.cuda.empty_cache()
+
     def describe(self) -> str:
         m = self.manifest
-        shared = self._activations.numel() / 2**20
+        shared = 0 if self._activations is None else self._activations.numel() / 2**20
         return (f"tensorrt {self._trt.__version__} on {m['gpu']['name']} ({m['precision']}, "
                 f"dcn={m['dcn']}, CUDA graphs {'on' if self.cuda_graphs else 'off'}, "
                 f"{shared:.0f} MiB of activations shared by {len(self.contexts)} engines)")

@@ -108,6 +108,11 @@ class TorchRunner(Runner):
     def split(self, array) -> list:
         return list(array.split(1, dim=0))
 
+    def _close_impl(self) -> None:
+        self.modules = {}  # the model's weights, and compiled or captured graphs with them
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the cached blocks back to other processes
+
     def describe(self) -> str:
         extras = "".join([", compiled" if self.compiled else "",
                           ", CUDA graphs" if self.cuda_graphs else ""])
