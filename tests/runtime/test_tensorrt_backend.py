@@ -381,3 +381,14 @@ def test_fp16_plugin_engines_match_onnxruntime_fp32(tmp_path, fp32_folders):
                        batch_size=2)
     assert psnr(out, expected, peak=float(expected.max() - expected.min())) >= \
         TRT_FP16_MIN_PSNR_DB
+
+
+def test_a_closed_runner_lets_go_of_its_contexts(tmp_path, monkeypatch):
+    runner = _stand_in_runner(_fake_engine_folder(tmp_path / "engines"), monkeypatch)
+    a = torch.rand(1, 2, 64, 96)
+    runner.run("compose", a, a)
+    with runner:
+        pass
+    assert runner.closed and runner.contexts == {} and runner.engines == {}
+    with pytest.raises(RuntimeError, match="runner was closed"):
+        runner.run("compose", a, a)
