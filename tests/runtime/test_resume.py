@@ -27,10 +27,11 @@ import pytest
 from support import RUN_MAX_LEVELS, assert_clean_failure, default_sigint, invoke, names, run_cli
 
 from hirn.core.errors import ResumeError
-from hirn.runtime import resume
+from hirn.runtime import resume_folder
 from hirn.runtime.backends.base import BackendConfig
 from hirn.runtime.pipeline import RunConfig, open_output
-from hirn.runtime.resume import LOCK, MANIFEST, model_identity, open_segments, work_folder
+from hirn.runtime.resume import model_identity, open_segments, work_folder
+from hirn.runtime.resume_folder import LOCK, MANIFEST
 from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.windows import GOP_FRAMES, plan_windows
 
@@ -269,7 +270,7 @@ def test_the_lock_refuses_a_second_opening_and_is_skipped_without_flock(
     with pytest.raises(ResumeError, match=rf"another hirn-run \(pid {os.getpid()}\)"):
         _as_the_cli(clip, out, tiny_checkpoint)
     held.abort()  # gives the lock back
-    monkeypatch.setattr(resume, "fcntl", None)  # as on Windows
+    monkeypatch.setattr(resume_folder, "fcntl", None)  # as on Windows
     both = [_as_the_cli(clip, out, tiny_checkpoint) for _ in range(2)]
     assert [s.first_unfinished for s in both] == [0, 0]
     for segments in both:
