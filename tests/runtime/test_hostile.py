@@ -8,6 +8,7 @@ options, the exit code, the phrase, and the output expected.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -213,6 +214,26 @@ def a_file(folder: Path, work: Path) -> None:
     work.write_text("someone's notes\n")
 
 
+def manifest_list(folder: Path, work: Path) -> None:
+    work.mkdir()
+    (work / "manifest.json").write_text("[]")
+
+
+_HELD: list = []  # locks this process holds while the command runs
+
+
+def locked_by_us(folder: Path, work: Path) -> None:
+    """The resume folder's lock held by this process, as a running hirn-run holds it."""
+    import fcntl
+
+    work.mkdir()
+    lock = open(work / "lock", "w")  # noqa: SIM115 (held open until the command has run)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _HELD.append(lock)
+
+
 def pickled_state(folder: Path, checkpoint: Path) -> Made:
     """A training resume state whose unpickling would create ``pwned``."""
     import pickle
@@ -267,6 +288,10 @@ CASES = [
          ("--backend", "onnxruntime"), phrase="not finite"),
     Case("a resume folder that is a symlink", resume_folder(symlink_to), phrase="symlink"),
     Case("a resume folder that is a file", resume_folder(a_file), phrase="is a file"),
+    Case("a resume manifest that is a list", resume_folder(manifest_list),
+         phrase="holds a list, not an object"),
+    Case("a resume folder locked by another run", resume_folder(locked_by_us),
+         phrase=f"another hirn-run (pid {os.getpid()}) is resuming into"),
     Case("a training state that would run code", pickled_state, phrase="evil.state",
          command="hirn-train", extra={"absent": "pwned"}),
 ]
@@ -331,3 +356,5 @@ def test_hostile_input(case: Case, checkpoint: Path, tmp_path: Path):
     assert case.stdout_has in result.stdout
     if "absent" in case.extra:
         assert not (tmp_path / case.extra["absent"]).exists()
+    while _HELD:
+        _HELD.pop().close()
