@@ -116,7 +116,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     reports the returned stats (see :func:`~hirn.runtime.progress.summary`). With
     ``config.resume`` the output is kept as segments in a work folder until it is whole, and
     ``model`` identifies the model there (:func:`~hirn.runtime.resume.model_identity`)."""
-    source = open_source(input, fps=config.fps)
+    source = open_source(input, fps=config.fps, strict=config.strict)
     info(label + describe_input(source), config.quiet)
     if config.fps is not None and not Path(input).is_dir():
         note("--fps applies to image folders; the video's own rate is kept")

@@ -63,13 +63,15 @@ __all__ = ["CODECS", "Frame", "FrameSink", "FrameSource", "open_sink", "open_sou
            "read_frames"]
 
 
-def open_source(path: str | os.PathLike, *, fps: float | Fraction | None = None) -> FrameSource:
+def open_source(path: str | os.PathLike, *, fps: float | Fraction | None = None,
+                strict: bool = False) -> FrameSource:
     """Open a video file or a folder of images for reading, one frame at a time.
 
     Args:
         path: a video in any container and codec FFmpeg decodes, or a folder of images
             (png, jpg, bmp, tif, ...) taken in natural name order.
         fps: frame rate of an image folder (default 25); a video's own rate always applies.
+        strict: a Y4M stream (``-``) that ends inside a frame is an error, not a note.
 
     Raises:
         SourceError: the path is missing, not a video, empty, or holds images of mixed sizes.
@@ -78,7 +80,7 @@ def open_source(path: str | os.PathLike, *, fps: float | Fraction | None = None)
     from hirn.runtime import y4m
 
     if y4m.is_pipe(path):
-        return y4m.Y4MSource()
+        return y4m.Y4MSource(strict=strict)
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path} does not exist: check the path")

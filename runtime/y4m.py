@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ FORMATS = {"yuv420p": "420", "yuv422p": "422", "yuv444p": "444", "yuv411p": "411
            **{f"yuv{c}p{b}le": f"{c}p{b}" for c in (420, 422, 444) for b in (9, 10, 12, 14, 16)},
            "gray": "mono", **{f"gray{b}le": f"mono{b}" for b in (9, 10, 12, 16)}}
 SITINGS = ("jpeg", "mpeg2", "paldv")  # 4:2:0 chroma between, left of, top-left of the lumas
+# C tag -> pixel format (FFmpeg's reading of it), for the size of a frame
+PIX_FMTS = {**{tag: fmt for fmt, tag in FORMATS.items()},
+            **{f"420{siting}": "yuv420p" for siting in SITINGS}, "444alpha": "yuva444p"}
+FRAME_LINE = b"FRAME\n"  # before each frame's planes
+# FFmpeg's Y4M reader takes frames while 8 x (W + 128) x (H + 128) stays under 2^31
+# (av_image_check_size). Beyond, it adds the 6 bytes of a FRAME line to the error code
+# AVERROR(EINVAL) = -22 as if it were a frame size, and fails with -16: EBUSY, "Device or
+# resource busy". Refused here first, naming the size.
+_FFMPEG_MAX_PADDED_PIXELS = (2**31 - 1) // 8
+_INT32 = 2**31 - 1  # FFmpeg reads each number of F and A as a C int
+_RATIO = re.compile(r"(\d+):(\d+)")
+# ratio tags: what they are, and examples of good ones
+_RATIOS = {"F": ("frame rate", "a positive rate", "F25:1, F30000:1001"),
+           "A": ("pixel aspect", "a positive ratio", "A1:1, A10:11, or A0:0 for unknown")}
+UNKNOWN_ASPECT = "0:0"
 _INTERLACED = {"t": "top field first", "b": "bottom field first", "m": "mixed fields"}
 
 
@@ -49,7 +65,7 @@ class Header:
     height: int
     rate: Fraction
     interlace: str = "p"                 # p, t, b, m, or ? (unknown)
-    aspect: Fraction | None = None       # pixel aspect ratio; None: unknown (A0:0) or square
+    aspect: Fraction | None = None       # pixel aspect ratio; None: unknown (A0:0)
     chroma: str = "420jpeg"              # the C tag
     colour_range: str | None = None      # XCOLORRANGE: FULL or LIMITED; None: absent
     extra: tuple[str, ...] = field(default=())  # other X tags, as they came
@@ -60,6 +76,11 @@ class Header:
         if self.chroma in ("420", "420jpeg"):
             return "jpeg"
         return self.chroma[3:] if self.chroma in ("420mpeg2", "420paldv") else None
+
+    @property
+    def pix_fmt(self) -> str | None:
+        """The pixel format FFmpeg reads the C tag as; None for a tag it does not read."""
+        return PIX_FMTS.get(self.chroma)
 
 
 def parse_header(line: bytes) -> Header:
@@ -80,23 +101,62 @@ def parse_header(line: bytes) -> Header:
         else:
             tags[word[0]] = word[1:]
     try:
-        width, height = int(tags["W"]), int(tags["H"])
-        num, den = map(int, tags["F"].split(":"))
-        rate = Fraction(num, den)
-        aspect = Fraction(*map(int, tags.get("A", "0:0").split(":"))) \
-            if tags.get("A", "0:0") not in ("0:0", "1:1") else None
-    except (KeyError, ValueError, ZeroDivisionError) as error:
+        width, height, rate = int(tags["W"]), int(tags["H"]), tags["F"]
+    except (KeyError, ValueError) as error:
         raise SourceError(f"the YUV4MPEG2 header on standard input lacks or garbles its size "
                           f"or rate ({line.decode('ascii', 'replace')!r}): W, H and F are "
                           f"required") from error
-    return Header(width, height, rate, tags.get("I", "p"), aspect, tags.get("C", "420jpeg"),
-                  tags.get("range"), tuple(extra))
+    aspect = tags.get("A", UNKNOWN_ASPECT)
+    header = Header(width, height, _ratio("F", rate), tags.get("I", "p"),
+                    None if aspect == UNKNOWN_ASPECT else _ratio("A", aspect),
+                    tags.get("C", "420jpeg"), tags.get("range"), tuple(extra))
+    _check_size(header)
+    return header
+
+
+def _ratio(tag: str, text: str) -> Fraction:
+    """The ratio ``N:D`` of header field ``tag``, both numbers positive C ints."""
+    match = _RATIO.fullmatch(text)
+    if not match or not all(0 < int(n) <= _INT32 for n in match.groups()):
+        what, kind, examples = _RATIOS[tag]
+        raise SourceError(f"the Y4M header's {what} {tag}{text} is not {kind}: "
+                          f"{tag} takes N:D, two whole numbers from 1 to {_INT32} (e.g. "
+                          f"{examples}); fix the program that writes the stream")
+    return Fraction(*map(int, match.groups()))
+
+
+def _check_size(header: Header) -> None:
+    """Refuse a frame size FFmpeg's reader cannot take, naming it."""
+    size = f"W{header.width} H{header.height}"
+    if header.width < 1 or header.height < 1:
+        raise SourceError(f"the Y4M header's frame size {size} is not a frame size: width and "
+                          f"height must be positive; fix the program that writes the stream")
+    if (header.width + 128) * (header.height + 128) > _FFMPEG_MAX_PADDED_PIXELS:
+        raise SourceError(f"the Y4M header's frame size {size} is too large: a frame of that "
+                          f"size {_weight(header)}, and FFmpeg reads Y4M frames of at most "
+                          f"about 16000x16000 pixels; scale the video down before piping it, "
+                          f"or fix the program that writes the header")
+
+
+def _weight(header: Header) -> str:
+    """What one frame of ``header`` holds: its bytes where its format is known."""
+    if header.pix_fmt is None:
+        return f"holds {header.width * header.height / 1e6:.0f} million pixels"
+    return f"needs {frame_bytes(header.pix_fmt, header.width, header.height) / 2**30:.1f} GiB"
+
+
+def frame_bytes(pix_fmt: str, width: int, height: int) -> int:
+    """Bytes of one frame's planes in a stream (its ``FRAME`` line not counted)."""
+    import av
+
+    fmt = av.VideoFormat(pix_fmt, width, height)
+    return sum(c.width * c.height * ((c.bits + 7) // 8) for c in fmt.components)
 
 
 def format_header(header: Header) -> bytes:
     """The header line of a stream, newline included."""
     aspect = (f"{header.aspect.numerator}:{header.aspect.denominator}" if header.aspect
-              else "0:0")  # unknown
+              else UNKNOWN_ASPECT)
     words = [MAGIC.decode(), f"W{header.width}", f"H{header.height}",
              f"F{header.rate.numerator}:{header.rate.denominator}", f"I{header.interlace}",
              f"A{aspect}", f"C{header.chroma}"]
@@ -119,17 +179,20 @@ def chroma_tag(pix_fmt: str, siting: str | None) -> str:
 
 class _Replay:
     """A binary stream that gives ``head`` first, then the rest of ``stream`` (no seeking:
-    PyAV then reads it as the pipe it is)."""
+    PyAV then reads it as the pipe it is); ``given`` counts the bytes it gave."""
 
     def __init__(self, head: bytes, stream):
         self._head, self._stream = head, stream
+        self.given = 0
 
     def read(self, size: int = -1) -> bytes:
         if self._head:
             size = len(self._head) if size < 0 else size
             data, self._head = self._head[:size], self._head[size:]
-            return data
-        return self._stream.read(size)
+        else:
+            data = self._stream.read(size)
+        self.given += len(data)
+        return data
 
 
 def _read_header(stream) -> bytes:
@@ -152,12 +215,14 @@ def _read_header(stream) -> bytes:
 class Y4MSource(VideoSource):
     """Frames of a YUV4MPEG2 stream (standard input), read once, as they come.
 
-    The rate, aspect and range come from the header, the matrix is the usual guess by size
-    (Y4M has no tag for it), and pts count frames (time_base = 1 / rate). Interlaced streams
-    are refused: the model takes whole frames.
+    The rate, aspect and range come from the header (the aspect as it says: 1 for A1:1, None
+    for A0:0), the matrix is the usual guess by size (Y4M has no tag for it), and pts count
+    frames (time_base = 1 / rate). Interlaced streams are refused: the model takes whole
+    frames. A stream that ends inside a frame loses that frame, with a note, or with a
+    :class:`DecodeError` if ``strict``.
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, *, strict: bool = False):
         import av
 
         super(VideoSource, self).__init__(Path(PIPE))  # no file to probe: FrameSource's
@@ -173,16 +238,25 @@ class Y4MSource(VideoSource):
                               f"({_INTERLACED[header.interlace]}): the model takes whole "
                               f"frames; deinterlace it first (e.g. ffmpeg -vf bwdif) or "
                               f"send progressive frames")
+        self._input = _Replay(line + b"\n", stream)
+        self._header_size = len(line) + 1
+        self._strict = strict
         try:
-            self._container = av.open(_Replay(line + b"\n", stream), format="yuv4mpegpipe")
+            self._container = av.open(self._input, format="yuv4mpegpipe")
             video = self._container.streams.video[0]
+            # as FFmpeg reads them: its format is the C tag's (or XYSCSS's where C is absent)
+            self._frame_size = frame_bytes(video.codec_context.format.name, header.width,
+                                           header.height)
             self._frames = self._container.decode(video)
             first = next(self._frames, None)
         except (av.FFmpegError, OSError) as error:
             raise SourceError(f"the Y4M stream on standard input cannot be read "
                               f"({_reason(error)}): its header says {line.decode()!r}") from error
         if first is None:
-            raise SourceError("the Y4M stream on standard input holds a header but no frames")
+            cut = self._cut(0)
+            raise SourceError(f"the Y4M stream on standard input {cut}: it holds no whole "
+                              f"frame, the stream is cut short" if cut else
+                              "the Y4M stream on standard input holds a header but no frames")
         self._first = first
         self._coded = self.width, self.height = header.width, header.height
         self._turns = 0
@@ -194,7 +268,7 @@ class Y4MSource(VideoSource):
                              else LIMITED) if self._yuv else Colour()
         self.fps = header.rate
         self.time_base = 1 / header.rate
-        self.sample_aspect_ratio = header.aspect
+        self.sample_aspect_ratio = header.aspect  # as the header says: A1:1 passes through
         self.frame_count = None
         self.has_audio = False
 
@@ -214,11 +288,37 @@ class Y4MSource(VideoSource):
                                       f"{read} frames ({_reason(error)})",
                                       frames_read=read) from error
                 if frame is None:
-                    return
+                    break
                 yield Frame(self._to_rgb(frame), read)
                 read += 1
         finally:
             self._container.close()
+        self._end(read)
+
+    def _end(self, read: int) -> None:
+        """At the end of the stream, after ``read`` whole frames: a frame cut short is
+        named in a note, or is an error if strict."""
+        cut = self._cut(read)
+        if cut and self._strict:
+            raise DecodeError(f"the Y4M stream on standard input {cut}: the stream is cut "
+                              f"short (drop --strict to upscale the {read} frames before it, "
+                              f"with a note)", frames_read=read)
+        if cut:
+            self._note(f"the Y4M stream on standard input {cut}: that frame was dropped; the "
+                       f"output holds the {read} frames before it")
+
+    def _cut(self, read: int) -> str | None:
+        """``ended inside frame N (X of Y bytes)`` where the stream, after ``read`` whole
+        frames, has bytes left that make no whole frame (FFmpeg drops them without a word);
+        None where it ended after a frame."""
+        # FFmpeg has read to the end; each frame is FRAME_LINE and its planes (a FRAME line
+        # may carry parameters, but FFmpeg's own frame count assumes none either)
+        frames = self._input.given - self._header_size
+        left = frames - read * (len(FRAME_LINE) + self._frame_size)
+        if left <= 0:
+            return None
+        return (f"ended inside frame {read} (counted from 0; "
+                f"{max(0, left - len(FRAME_LINE))} of {self._frame_size} bytes)")
 
 
 # ---------------------------------------------------------------------------------------------

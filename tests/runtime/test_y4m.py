@@ -1,6 +1,7 @@
 """YUV4MPEG2 pipes: ``hirn-run - -o -`` as a subprocess gives the frames a file run gives, and
-rate, size, aspect, bit depth, chroma siting and range pass from header to header; interlaced
-and broken streams, and a reader that goes away, end with clear errors."""
+rate, size, aspect, bit depth, chroma siting and range pass from header to header; interlaced,
+broken and impossible streams, and a reader that goes away, end with clear errors; a stream
+cut inside a frame loses that frame with a note (an error under --strict)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,20 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from support import names
+from support import assert_clean_failure, names
 
 from hirn.core.errors import SinkError, SourceError
 from hirn.runtime import y4m
 from hirn.runtime.cli import main
 from hirn.runtime.video import open_sink, open_source
-from hirn.runtime.y4m import Header, Y4MSource, format_header, parse_header
+from hirn.runtime.y4m import FRAME_LINE, Header, Y4MSource, format_header, parse_header
 
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine
 WIDTH, HEIGHT, FRAMES = 80, 64, 3  # valid model input as they are (even, >= 64)
 PIPE_TIMEOUT_S = 300
+# a stream of FRAMES frames of 7680 bytes (80x64 4:2:0) whose last frame is 100 bytes short
+CUT_LAST = (f"the Y4M stream on standard input ended inside frame {FRAMES - 1} (counted from "
+            f"0; 7580 of 7680 bytes)")
 
 
 def stream(header: str, fmt: str, frames: int = FRAMES, seed: int = 0) -> bytes:
@@ -98,7 +102,11 @@ def test_streams_are_read_as_ffmpeg_reads_them(tmp_path, fmt, chroma):
     (b"YUV4MPEG2 W64 F25:1\n", "lacks or garbles its size or rate"),
     (b"YUV4MPEG2 W64 H48 F25:1 It C420jpeg\nFRAME\n", "interlaced (top field first)"),
     (b"YUV4MPEG2 W64 H48 F25:1 Im\n", "interlaced (mixed fields)"),
-    (b"YUV4MPEG2 W64 H48 F25:1 Ip C420jpeg\n", "holds a header but no frames")])
+    (b"YUV4MPEG2 W64 H48 F25:1 Ip C420jpeg\n", "holds a header but no frames"),
+    pytest.param(b"YUV4MPEG2 W64 H48 F25:1\nFRAME\n" + bytes(100),
+                 "ended inside frame 0 (counted from 0; 100 of 4608 bytes): it holds no "
+                 "whole frame",
+                 id="cut-inside-the-first-frame")])
 def test_bad_streams_are_refused(data, message):
     with pytest.raises(SourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Y4MSource(io.BytesIO(data))
@@ -108,6 +116,10 @@ def test_a_stream_cut_mid_frame_ends_with_its_frames():
     data = stream(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F25:1 C420jpeg", "yuv420p")
     cut = Y4MSource(io.BytesIO(data[:-100]))  # the last frame 100 bytes short
     assert len(list(cut)) == FRAMES - 1
+    assert cut.notes == [f"{CUT_LAST}: that frame was dropped; the output holds the "
+                         f"{FRAMES - 1} frames before it"]
+    whole = Y4MSource(io.BytesIO(data))
+    assert len(list(whole)) == FRAMES and whole.notes == []
 
 
 def test_interlaced_input_is_a_clean_cli_error(tmp_path, tiny_checkpoint):
@@ -120,6 +132,46 @@ def test_interlaced_input_is_a_clean_cli_error(tmp_path, tiny_checkpoint):
     assert names(tmp_path) == []
 
 
+@pytest.mark.parametrize("fields, message", [
+    ("F0:1", "the Y4M header's frame rate F0:1 is not a positive rate"),
+    ("F-25:1", "the Y4M header's frame rate F-25:1 is not a positive rate"),
+    ("F25:1 A0:1", "the Y4M header's pixel aspect A0:1 is not a positive ratio"),
+    ("F25:1 A4:-3", "the Y4M header's pixel aspect A4:-3 is not a positive ratio")])
+def test_rates_and_aspects_that_are_not_positive_are_refused(tmp_path, tiny_checkpoint, fields,
+                                                            message):
+    # one whole 64x48 frame follows: only the header is wrong
+    data = f"YUV4MPEG2 W64 H48 {fields}\n".encode() + FRAME_LINE + bytes(64 * 48 * 3 // 2)
+    result = _invoke_with(data, "-", "-o", tmp_path / "o.mkv", "--checkpoint", tiny_checkpoint)
+    assert_clean_failure(result, message, tmp_path, [])
+
+
+@pytest.mark.parametrize("size, message", [
+    # FFmpeg's own refusal was its errno -16 ("Device or resource busy")
+    ("W100000 H100000", "frame size W100000 H100000 is too large: a frame of that size needs "
+                        "14.0 GiB"),
+    ("W16256 H16256 C444p16", "frame size W16256 H16256 is too large: a frame of that size "
+                              "needs 1.5 GiB"),
+    ("W0 H48", "frame size W0 H48 is not a frame size")])
+def test_impossible_sizes_are_refused_by_name(tmp_path, tiny_checkpoint, size, message):
+    result = _invoke_with(f"YUV4MPEG2 {size} F25:1\nFRAME\n".encode(), "-", "-o",
+                          tmp_path / "o.mkv", "--checkpoint", tiny_checkpoint)
+    assert_clean_failure(result, message, tmp_path, [])
+    assert "busy" not in result.output
+
+
+def test_a_cut_stream_is_an_error_under_strict(tmp_path, tiny_checkpoint):
+    data = stream(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F25:1 C420jpeg", "yuv420p")[:-100]
+    result = _invoke_with(data, "-", "-o", tmp_path / "o.mkv", "--checkpoint", tiny_checkpoint,
+                          "--strict", *THREADS)
+    assert_clean_failure(result, f"{CUT_LAST}: the stream is cut short (drop --strict",
+                         tmp_path, [])
+
+
+def _invoke_with(data: bytes, *args):
+    """hirn-run in this process, ``data`` on its standard input."""
+    return CliRunner().invoke(main, [str(a) for a in args], input=data)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing: the header passes through
 
@@ -128,8 +180,8 @@ def test_interlaced_input_is_a_clean_cli_error(tmp_path, tiny_checkpoint):
     ("F30000:1001 Ip A4:3 C420mpeg2 XCOLORRANGE=FULL", "yuv420p",
      "F30000:1001 Ip A4:3 C420mpeg2 XYSCSS=420MPEG2 XCOLORRANGE=FULL"),
     ("F25:1 C420paldv", "yuv420p", "F25:1 Ip A0:0 C420paldv XYSCSS=420PALDV XCOLORRANGE=LIMITED"),
-    ("F24000:1001 Ip A1:1 C422p10 XCOLORRANGE=LIMITED", "yuv422p10le",
-     "F24000:1001 Ip A0:0 C422p10 XYSCSS=422P10 XCOLORRANGE=LIMITED"),
+    ("F24000:1001 Ip A1:1 C422p10 XCOLORRANGE=LIMITED", "yuv422p10le",  # stated: kept
+     "F24000:1001 Ip A1:1 C422p10 XYSCSS=422P10 XCOLORRANGE=LIMITED"),
     ("F50:1 C444p12 XCOLORRANGE=FULL", "yuv444p12le",
      "F50:1 Ip A0:0 C444p12 XYSCSS=444P12 XCOLORRANGE=FULL")])
 def test_header_fields_pass_through(monkeypatch, header, fmt, written):
@@ -166,7 +218,7 @@ def _hirn_run(*args, data: bytes, **options) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def ten_bit_stream() -> bytes:
-    return stream(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F30000:1001 Ip A0:0 C420p10 XYSCSS=420P10 "
+    return stream(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F30000:1001 Ip A1:1 C420p10 XYSCSS=420P10 "
                   f"XCOLORRANGE=FULL", "yuv420p10le")
 
 
@@ -177,7 +229,8 @@ def test_a_pipe_gives_the_frames_of_a_file_run(ten_bit_stream, tiny_checkpoint, 
     stderr = piped.stderr.decode()
     assert "3 frames in " in stderr and "Traceback" not in stderr  # the summary: on stderr
     line, frames = read_stream(piped.stdout)  # stdout holds the stream and nothing else
-    assert line == (b"YUV4MPEG2 W320 H256 F30000:1001 Ip A0:0 C420p10 XYSCSS=420P10 "
+    # square pixels stated (A1:1) stay stated, not unknown (A0:0)
+    assert line == (b"YUV4MPEG2 W320 H256 F30000:1001 Ip A1:1 C420p10 XYSCSS=420P10 "
                     b"XCOLORRANGE=FULL")
     assert len(frames) == FRAMES
     # the same input into a lossless file in the same format: the same samples
@@ -207,3 +260,18 @@ def test_a_reader_that_goes_away_is_a_clear_error(ten_bit_stream, tiny_checkpoin
     assert code == 1, stderr
     assert "stopped reading" in stderr and "broken pipe" in stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def test_a_pipe_cut_inside_a_frame_gives_the_frames_before_it(tiny_checkpoint):
+    data = stream(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F25:1 C420jpeg", "yuv420p")
+    piped = _hirn_run("-", "-o", "-", "--checkpoint", tiny_checkpoint, *THREADS,
+                      data=data[:-100])  # the last frame 100 bytes short
+    stderr = piped.stderr.decode()
+    assert piped.returncode == 0, stderr
+    assert (f"note: {CUT_LAST}: that frame was dropped; the output holds the {FRAMES - 1} "
+            f"frames before it") in stderr
+    line, frames = read_stream(piped.stdout)
+    assert len(frames) == FRAMES - 1
+    # whole frames and nothing more: 4:2:0 at 8 bits is 1.5 bytes a pixel
+    size = len(FRAME_LINE) + 4 * WIDTH * 4 * HEIGHT * 3 // 2
+    assert len(piped.stdout) == len(line) + 1 + (FRAMES - 1) * size
