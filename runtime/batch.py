@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hirn.core.errors import BatchError, HirnError
+from hirn.core.errors import BatchError, HirnError, SinkError
 from hirn.core.files import atomic_write_text, natural_key
 from hirn.core.launch import ProcessLayout
 from hirn.runtime.progress import note
@@ -48,9 +48,12 @@ class Shard(ProcessLayout):
         return f"[{self.rank + 1}/{self.world_size}] " if self.world_size > 1 else ""
 
 
-def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in suffixes), key=lambda p: natural_key(p.name))
+def _files(folder: Path, suffixes: tuple[str, ...], hidden: bool = False) -> list[Path]:
+    """The files of ``folder`` with these suffixes, in natural order: visible ones, or with
+    ``hidden`` the hidden ones (names starting with a dot), which a batch skips."""
+    return sorted((p for p in folder.iterdir() if p.is_file()
+                   and p.name.startswith(".") == hidden and p.suffix.lower() in suffixes),
+                  key=lambda p: natural_key(p.name))
 
 
 def is_batch(folder: Path) -> bool:
@@ -163,8 +166,12 @@ def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, sh
             todo.append((video, output, True))
     logger.info("%s%s: %d videos, %d for this process, %d already done", shard.label, folder,
                 len(pairs), len(mine), len(report.skipped))
+    hidden = _files(folder, VIDEO_SUFFIXES, hidden=True)
+    if hidden and shard.rank == 0:
+        note(f"not upscaled: {', '.join(p.name for p in hidden)} in {folder} (a batch skips "
+             f"hidden files, whose names start with a dot: rename them to include them)")
     if todo:
-        outdir.mkdir(parents=True, exist_ok=True)
+        _make_folder(outdir)
     for video, output, replace in todo:
         try:
             upscale_one(video, output, replace)
@@ -172,6 +179,27 @@ def run_batch(folder: Path, outdir: Path, codec: str | None, overwrite: bool, sh
             report.failed.append((video, str(error)))
             logger.warning("%sfailed: %s: %s", shard.label, video.name, error)
             continue
-        mark_complete(video, output)
+        _mark_complete_or_say(video, output)
         report.done.append(video)
     return report
+
+
+def _make_folder(outdir: Path) -> None:
+    """Create the output folder (and its parents); SinkError naming it where that fails."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        file = next((p for p in outdir.parents if p.is_file()), None)
+        why = f"{file} is a file" if file is not None else error.strerror
+        raise SinkError(f"cannot create the output folder {outdir} ({why}): choose a folder "
+                        f"you may write to") from error
+
+
+def _mark_complete_or_say(video: Path, output: Path) -> None:
+    """Record a finished output; where the record cannot be written, the output stays (it
+    is whole) and a note says that a rerun will upscale it again."""
+    try:
+        mark_complete(video, output)
+    except OSError as error:
+        note(f"{output} is complete, but its completion record cannot be written "
+             f"({error.strerror}): a rerun will upscale {video.name} again")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import subprocess
 import sys
@@ -11,8 +13,10 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support import assert_clean_failure, invoke, names
 
 from hirn.core.errors import LaunchError
+from hirn.runtime import batch
 from hirn.runtime.batch import (
     BatchError,
     Shard,
@@ -105,6 +109,55 @@ def test_a_batch_skips_finished_outputs_and_goes_on_after_a_failure(tmp_path):
     calls.clear()  # run again: only the failed one is left to do
     run_batch(folder, out, None, False, Shard(), upscale_one)
     assert calls == ["c.mp4"]
+
+
+def test_hidden_videos_are_skipped_and_named(tmp_path, caplog):
+    """A file named ``..mp4`` is hidden (its name starts with a dot), as are the ``._NAME``
+    files macOS leaves on other disks: a note names each."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.mp4", "..mp4", "._b.mov", ".notes.txt"):
+        (folder / name).write_bytes(b"")
+    calls = []
+    report = run_batch(folder, tmp_path / "out", None, False, Shard(),
+                       lambda video, output, overwrite: calls.append(video.name))
+    assert calls == ["a.mp4"] and report.failed == []
+    assert (f"note: not upscaled: ..mp4, ._b.mov in {folder} (a batch skips hidden files, "
+            f"whose names start with a dot: rename them to include them)") in caplog.text
+    assert ".notes.txt" not in caplog.text  # not a video
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_error_line(tmp_path, media,
+                                                                tiny_checkpoint):
+    """Its path runs through a file: mkdir fails (ENOTDIR) as it would in a read-only
+    folder, which root, running the tests, may write to anyway."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    media.write_video(folder / "a.mp4", media.synthetic_frames(1, width=32, height=24))
+    (tmp_path / "taken").write_text("a file\n")
+    before = names(tmp_path)
+    result = invoke(folder, "-o", tmp_path / "taken" / "upscaled", "--checkpoint",
+                    tiny_checkpoint)
+    assert_clean_failure(result, f"cannot create the output folder {tmp_path}/taken/upscaled "
+                                 f"({tmp_path}/taken is a file)", tmp_path, before)
+
+
+def test_a_record_that_cannot_be_written_keeps_the_output_with_a_note(tmp_path, monkeypatch,
+                                                                     caplog):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"")
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(batch, "atomic_write_text", full_disk)
+    report = run_batch(folder, out, None, False, Shard(),
+                       lambda video, output, overwrite: output.write_bytes(b"whole"))
+    assert [p.name for p in report.done] == ["a.mp4"] and report.failed == []
+    assert (out / "a.mp4").read_bytes() == b"whole"
+    assert (f"{out / 'a.mp4'} is complete, but its completion record cannot be written (No "
+            f"space left on device): a rerun will upscale a.mp4 again") in caplog.text
 
 
 def test_torchrun_shares_a_folder_out_and_a_rerun_resumes(tmp_path, media, tiny_checkpoint):
