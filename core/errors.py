@@ -1,10 +1,13 @@
 """Every exception hirn raises for a user's mistake, in one hierarchy.
 
 Bugs stay plain exceptions. Each class says which kind of input was wrong; the
-message says what was wrong, what was expected and what to do.
+message says what was wrong, what was expected and what to do. ``is_out_of_memory`` tells
+memory running out from the other exceptions of libraries.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class HirnError(Exception):
@@ -127,6 +130,40 @@ class BatchError(HirnError):
 class LaunchError(HirnError, ValueError):
     """A torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) that is no valid process
     layout."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is this process running out of memory (or of address space, under
+    ``ulimit -v``), which no input or option of the user's caused as such.
+
+    Besides MemoryError and a GPU's (torch.cuda.OutOfMemoryError): torch's CPU allocator
+    and Python's threads, which raise RuntimeError; an FFmpeg codec that cannot start its
+    threads (EAGAIN); torch's libraries that cannot be mapped; and oneDNN, whose error
+    names no cause, counted only where an address-space limit makes it the likely one.
+    """
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    if isinstance(error, RuntimeError):
+        return (any(said in text for said in _ALLOCATION_FAILED)
+                or (_ONEDNN_FAILED in text and address_space_limit() is not None))
+    if isinstance(error, ImportError):
+        return "failed to map segment" in text
+    # PyAV's errors live in av.error; an EAGAIN that escapes PyAV is never "try again"
+    return (isinstance(error, OSError) and error.errno == errno.EAGAIN
+            and type(error).__module__ == "av.error")
+
+
+_ALLOCATION_FAILED = ("can't allocate memory", "can't start new thread")
+_ONEDNN_FAILED = "could not create a primitive"
+
+
+def address_space_limit() -> int | None:
+    """The bytes of address space this process may map (``ulimit -v``); None: no limit."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else limit
 
 
 # --- the deformable-convolution kernel ---------------------------------------------------------

@@ -232,7 +232,7 @@ def main(ctx: click.Context, input: Path, output: Path | None, checkpoint, onnx_
                                    f"it, or choose another output") from error
     except HirnError as error:
         raise click.ClickException(_message(error)) from error
-    except (MemoryError, RuntimeError) as error:  # outside a file's windows (those say more)
+    except Exception as error:  # outside a file's windows (those say more)
         if not is_out_of_memory(error):
             raise
         raise click.ClickException(_out_of_memory(run_config, backend_config)) from error

@@ -31,6 +31,8 @@ from hirn.core.errors import (
     DamagedFramesError,
     NonFiniteOutputError,
     WindowMemoryError,
+    address_space_limit,
+    is_out_of_memory,
 )
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import SampleCollector, upscale_clip
@@ -141,7 +143,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
                               config.quiet) as bar:
                 stats = upscale(source, sink, runner, config, batch_size=batch_size,
                                 progress=bar, fp32_runner=get_fp32_runner, tiles=tiles)
-        except (MemoryError, RuntimeError) as error:
+        except Exception as error:  # from the model, a decoder or an encoder (a thread)
             if not is_out_of_memory(error):
                 raise
             # what ran, not what was asked: the batch and tiles may have been chosen here
@@ -153,21 +155,18 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
     return stats
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is the host's or a GPU's (torch.cuda.OutOfMemoryError) memory
-    running out."""
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
-
-
 def _out_of_memory(source: FrameSource, runner: Runner, config: RunConfig, batch_size: int,
                    grid: TileGrid | None) -> str:
     how = f"in tiles of {grid.size[1]}x{grid.size[0]} LR px" if grid else "whole frames"
     kept = " (finished windows are kept for --resume)" if config.resume else ""
+    limit = address_space_limit()  # where one is set, it is what ran out, as a rule
+    capped = (f"; this process may map only {limit / 2**30:.2f} GiB (ulimit -v): raise the "
+              f"limit" if limit is not None else "")
     return (f"out of memory while upscaling {source.width}x{source.height} windows of "
             f"{config.window} + 2 x {config.overlap} frames on {runner.device}, "
             f"{how}, decoding {batch_size} frame{'s' if batch_size > 1 else ''} at a time: "
-            f"lower --batch-size (now {batch_size}), --window or --overlap, or use --tile; "
-            f"no output was written{kept}")
+            f"lower --batch-size (now {batch_size}), --window or --overlap, or use --tile"
+            f"{capped}; no output was written{kept}")
 
 
 def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,
@@ -443,7 +442,8 @@ class _Writer:
 
 def describe_input(source: FrameSource) -> str:
     """One line about an input: size, frames, rate, audio."""
-    count = "unknown number of" if source.frame_count is None else f"{source.frame_count}"
+    count = ("unknown number of" if source.frame_count is None else
+             f"{'' if source.frame_count_exact else 'about '}{source.frame_count}")
     rate = float(Fraction(source.fps))
     audio = ", with audio" if source.has_audio else ""
     return (f"{Path(source.path).name}: {source.width}x{source.height}, {count} frames at "

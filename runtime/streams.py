@@ -20,6 +20,8 @@ from hirn.core.errors import SourceError
 ATTACHMENT_FORMATS = ("matroska",)
 # Formats that keep a cover picture stream (MP4's covr atom); FFmpeg's MOV muxer drops it.
 COVER_FORMATS = ("mp4",)
+# Formats whose muxer writes no track that received no packet (FFmpeg's MP4 and MOV muxer).
+EMPTY_TRACK_DROPPING_FORMATS = ("mp4", "mov")
 # Text subtitles a container refuses are converted to the one it holds.
 TEXT_SUBTITLE_CODECS = {"matroska": "subrip", "mp4": "mov_text", "mov": "mov_text"}
 # Tags a muxer writes itself, or that describe the old encoding of the video: not copied.
@@ -95,6 +97,7 @@ class StreamCopier:
     Attributes:
         notes: what the output container could not hold (one sentence naming each stream),
             and what was converted to fit it; empty when everything was kept as it was.
+            Tracks the container drops for holding no packets are named once all is copied.
     """
 
     def __init__(self, source: Path, output, video_out):
@@ -239,18 +242,31 @@ class StreamCopier:
                                     bytes(picture))
 
     def _drop(self, stream, why: str) -> None:
-        language = stream.metadata.get("language")
-        where = f"stream {stream.index}" + (f" ({language})" if language not in (None, "und")
-                                            else "")
-        self._dropped.append(f"{where}: {why}")
+        self._dropped.append(_about(stream, why))
 
     def _notes(self) -> list[str]:
         notes = []
         if self._dropped:
-            notes.append(f"not kept in {self._shown}: " + "; ".join(self._dropped))
+            notes.append(self._not_kept(self._dropped))
         if self._converted:
             notes.append("converted for the output container: " + ", ".join(self._converted))
         return notes
+
+    def _not_kept(self, dropped: list[str]) -> str:
+        return f"not kept in {self._shown}: " + "; ".join(dropped)
+
+    def _note_empty_tracks(self) -> None:
+        """Name the copied streams that held no packet, where the muxer writes no such
+        track (known only once the input is read to its end)."""
+        if self._format not in EMPTY_TRACK_DROPPING_FORMATS:
+            return
+        streams = [self._input.streams[i] for i, route in self._routes.items()
+                   if route.packets == 0]
+        empty = [_about(stream, f"its {stream.type} track has no packets ({self._shown} "
+                                f"writes no empty track; .mkv keeps it)")
+                 for stream in streams]
+        if empty:
+            self.notes.append(self._not_kept(empty))
 
     # -- copying -----------------------------------------------------------------------------
 
@@ -268,6 +284,7 @@ class StreamCopier:
                 if self._pending is None:
                     self._packets = None
                     self._flush_encoders()
+                    self._note_empty_tracks()
                     return
             packet = self._pending
             if packet.size == 0 or (packet.pts is None and packet.dts is None
@@ -296,8 +313,10 @@ class _Route:
 
     def __init__(self, out, *, resampler=None, decoder=None):
         self.out, self.resampler, self.decoder = out, resampler, decoder
+        self.packets = 0  # sent so far
 
     def send(self, packet, output) -> None:
+        self.packets += 1
         if self.resampler is not None:  # audio to AAC
             for frame in packet.decode():
                 for chunk in self.resampler.resample(frame):
@@ -320,6 +339,14 @@ class _Route:
             for chunk in self.resampler.resample(None):
                 output.mux(self.out.encode(chunk))
             output.mux(self.out.encode(None))
+
+
+def _about(stream, why: str) -> str:
+    """``stream 2 (fre): why``: one stream an output does not keep, for a note."""
+    language = stream.metadata.get("language")
+    where = f"stream {stream.index}" + (f" ({language})" if language not in (None, "und")
+                                        else "")
+    return f"{where}: {why}"
 
 
 def _muxable(stream, format_name: str) -> bool:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hirn.core.errors import DecodeError, SourceError
+from hirn.core.errors import DecodeError, SourceError, is_out_of_memory
 from hirn.core.files import natural_key
 from hirn.runtime.colour import Colour, read_colour
 from hirn.runtime.damage import DamageWatch
@@ -31,8 +31,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 DEFAULT_IMAGE_FPS = Fraction(25)
 FPS_DENOMINATOR = 1001  # an image folder's rate is kept to 1/1001: 30000/1001 stays exact
-# A video that ends this far short of the length its header announces is reported as truncated
-# (matroska, for one, just stops at a cut); the slack absorbs edit lists and rounding.
+# A video that ends this far short of the time its container announces gets a note that it may
+# be cut short (matroska, for one, just stops at a cut); the slack absorbs rounding.
 SHORTFALL_SLACK = (2, 0.05)  # frames, share of the announced length
 _SHOWN_FRAMES = 5  # frame numbers listed in a note
 
@@ -53,7 +53,10 @@ class FrameSource:
     Attributes:
         path: the input.
         width, height: frame size in pixels.
-        frame_count: the number of frames, or the header's estimate of it; None if unknown.
+        frame_count: the number of frames, or the header's estimate of it (for progress
+            only: a variable-rate video's differs); None if unknown.
+        frame_count_exact: whether ``frame_count`` was counted (by the muxer, or the files of a
+            folder) rather than estimated.
         fps: frame rate (the average rate for a variable-rate video).
         time_base: the unit of pts, in seconds.
         has_audio: whether the input has audio streams (pass it as a sink's ``audio_from``).
@@ -73,6 +76,7 @@ class FrameSource:
     width: int
     height: int
     frame_count: int | None
+    frame_count_exact: bool = True
     fps: Fraction
     time_base: Fraction
     has_audio: bool = False
@@ -137,6 +141,8 @@ class VideoSource(FrameSource):
         try:
             first = next(container.decode(stream), None)
         except (av.FFmpegError, OSError) as error:
+            if is_out_of_memory(error):  # says nothing of the file
+                raise
             raise DecodeError(f"{path}: its first frame cannot be decoded ({_reason(error)}); "
                               f"the file is damaged or uses a codec this FFmpeg lacks",
                               frames_read=0) from error
@@ -146,6 +152,7 @@ class VideoSource(FrameSource):
         self._turns = self._note_rotation(first.rotation)
         self.width, self.height = self._coded[::-1] if self._turns % 2 else self._coded
         self._note_format(first.format)
+        self._note_stored_alpha(stream, first.format)
         self._read_colour(first, stream)
         if first.interlaced_frame:
             self._note("the video is interlaced: its frames are taken as stored, not "
@@ -161,19 +168,22 @@ class VideoSource(FrameSource):
             self._note(f"the video declares no frame rate; {rate} frames/s assumed")
         self.fps = Fraction(rate)
         self.time_base = Fraction(stream.time_base) if stream.time_base else 1 / self.fps
-        self.frame_count = self._count_estimate(stream)
+        self._counted = max(0, int(stream.frames))  # by the muxer (mp4, mov, avi); 0: none
+        self._seconds = self._declared_seconds(stream)
+        self.frame_count_exact = self._counted > 0
+        self.frame_count = self._counted or (None if self._seconds is None
+                                             else round(self._seconds * self.fps))
 
-    def _count_estimate(self, stream) -> int | None:
-        if stream.frames > 0:  # counted by the muxer (mp4, mov, avi)
-            return int(stream.frames)
+    def _declared_seconds(self, stream) -> Fraction | None:
+        """How long the container says the video lasts; None where it does not say."""
         if stream.duration:
-            return round(stream.duration * self.time_base * self.fps)
+            return stream.duration * self.time_base
         # matroska keeps no frame count; FFmpeg's muxer tags each track with its duration
         seconds = _parse_duration(stream.metadata.get("DURATION", ""))
         if seconds is None:
             return None
         start = stream.start_time * self.time_base if stream.start_time else 0
-        return round((seconds - start) * self.fps)
+        return seconds - start
 
     def _note_format(self, fmt) -> None:
         comps = fmt.components
@@ -183,6 +193,14 @@ class VideoSource(FrameSource):
             self._note(f"alpha channel of {fmt.name} dropped")
         # above 8 bits, frames are decoded to 16-bit RGB: no sample is truncated
         self.sampling = Sampling(bits=max(c.bits for c in comps), pix_fmt=fmt.name)
+
+    def _note_stored_alpha(self, stream, fmt) -> None:
+        # WebM and Matroska keep VP8/VP9 alpha beside the colour (a BlockAdditional, tagged
+        # alpha_mode 1), which FFmpeg's own decoders skip: frames come without it
+        tags = {key.lower(): value for key, value in stream.metadata.items()}
+        if tags.get("alpha_mode") == "1" and not any(c.is_alpha for c in fmt.components):
+            self._note(f"alpha channel of {stream.codec_context.name} dropped (stored beside "
+                       f"its colour: alpha_mode 1)")
 
     def _read_colour(self, first, stream) -> None:
         fmt = first.format
@@ -213,12 +231,14 @@ class VideoSource(FrameSource):
             watch = DamageWatch(stream)
             frames = watch.frames(container)
             step = max(1, round(1 / (self.fps * self.time_base)))
-            last = None
+            first = last = None
             damaged = self.damaged = []  # read by the pipeline as it goes (for --strict)
             while True:
                 try:
                     frame = next(frames, None)
                 except (av.FFmpegError, OSError) as error:
+                    if is_out_of_memory(error):  # says nothing of the file
+                        raise
                     raise DecodeError(
                         f"{self.path}: decoding failed after {read} frames ({_reason(error)}); "
                         f"the file is damaged or truncated", frames_read=read) from error
@@ -231,6 +251,7 @@ class VideoSource(FrameSource):
                     if frame.pts is not None or read > 0:
                         self._note("some frame timestamps were missing or out of order; "
                                    "they were replaced by evenly spaced ones")
+                first = pts if first is None else first
                 last = pts
                 if watch.damaged(frame):
                     damaged.append(read)
@@ -240,7 +261,8 @@ class VideoSource(FrameSource):
             if watch is not None:
                 watch.close()
             container.close()
-        self._check_length(read)
+        if read:
+            self._note_length(read, (last - first + step) * self.time_base)
         if watch.lost:
             self._note(f"{watch.lost} damaged packet{'s' if watch.lost > 1 else ''} could not "
                        f"be decoded: missing from the output, and the frame after each counts "
@@ -283,16 +305,21 @@ class VideoSource(FrameSource):
             image = frame.to_ndarray(format=rgb, **size)
         return np.ascontiguousarray(np.rot90(image, self._turns)) if self._turns else image
 
-    def _check_length(self, read: int) -> None:
-        expected = self.frame_count
-        if expected is None:
-            return
+    def _note_length(self, read: int, seconds: Fraction) -> None:
+        """A note where the frames decoded (``read``, lasting ``seconds``) fall short of what
+        the container announced. Never an error: the frames decoded are all written, and an
+        estimate from the duration says nothing of a variable-rate video's frame count."""
+        held = f"the output holds the {read} frames decoded"
         frames, share = SHORTFALL_SLACK
-        if read < expected - max(frames, share * expected):
-            raise DecodeError(
-                f"{self.path} ended after {read} frames but its header announces about "
-                f"{expected}: the file looks truncated (an interrupted download or copy?); "
-                f"fetch it again", frames_read=read)
+        declared = self._seconds
+        if self._counted:
+            if read != self._counted:
+                self._note(f"{self.path}: its container counts {self._counted} frames but "
+                           f"{read} were decoded: it may be cut short or damaged; {held}")
+        elif declared and seconds < declared - max(frames / self.fps, share * declared):
+            self._note(f"{self.path} ends at {float(seconds):.2f} s but its container says it "
+                       f"lasts {float(declared):.2f} s: it may have been cut short (an "
+                       f"interrupted download or copy?); {held}")
 
 
 def _open_container(path: Path):
@@ -304,6 +331,8 @@ def _open_container(path: Path):
         raise SourceError(f"{path} ends before its first frame: the video is empty (or cut "
                           f"short)") from error
     except (av.FFmpegError, OSError) as error:
+        if is_out_of_memory(error):  # says nothing of the file
+            raise
         raise SourceError(
             f"{path} is not a video FFmpeg can read ({_reason(error)}): pass a video file or a "
             f"folder of images (a video cut short, e.g. an MP4 missing its end, cannot be read "

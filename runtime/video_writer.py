@@ -18,13 +18,14 @@ import secrets
 import shutil
 import socket
 import weakref
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import OutputExistsError, SinkError
-from hirn.runtime.colour import Colour
+from hirn.core.errors import OutputExistsError, SinkError, is_out_of_memory
+from hirn.runtime.colour import FULL, Colour
 from hirn.runtime.streams import StreamCopier
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
@@ -145,7 +146,7 @@ class FrameSink:
             action(*args)
         except BaseException as error:
             self.abort()
-            if isinstance(error, OSError):
+            if isinstance(error, OSError) and not is_out_of_memory(error):
                 raise os_error(error, self.path) from error
             raise
 
@@ -189,6 +190,10 @@ class VideoSink(FrameSink):
         self._audio = None
         self._pix_fmt = pix_fmt
         self.colour = colour or Colour()
+        if _is_luma(pix_fmt):
+            # FFmpeg reads gray formats as full range whatever their tag (H.265 and FFV1
+            # decode to gray; H.264 decodes to yuv420p and reads the tag, also written)
+            self.colour = replace(self.colour, range=FULL)
         try:
             self._container = av.open(str(temp), "w", format=VIDEO_FORMATS[path.suffix.lower()])
             options = dict(ENCODER_OPTIONS.get(encoder, {}))
@@ -212,6 +217,8 @@ class VideoSink(FrameSink):
             if audio_from is not None:  # audio, subtitles, chapters, attachments, tags
                 self._audio = StreamCopier(audio_from, self._container, stream)
                 self.notes.extend(self._audio.notes)
+            if _is_luma(pix_fmt):
+                self.notes.append(f"written in {pix_fmt}: luma only, without colour")
         except BaseException:
             self.abort()
             raise
@@ -220,7 +227,7 @@ class VideoSink(FrameSink):
         """Write the colour tags on the codec context and on each frame (encoders read one or
         the other)."""
         colour = self.colour
-        if self._pix_fmt.startswith("yuv"):
+        if self._pix_fmt.startswith("yuv") or _is_luma(self._pix_fmt):
             # the matrix and range the frames are converted with: always tagged, so that a
             # player never guesses (an SD source's BT.601 would be taken for BT.709 at 4x)
             target.colorspace, target.color_range = colour.matrix, colour.range
@@ -232,14 +239,29 @@ class VideoSink(FrameSink):
 
         frame = av.VideoFrame.from_ndarray(image, format=rgb_format(image))
         if self._pix_fmt.startswith("yuv"):
-            frame = frame.reformat(format=self._pix_fmt,
-                                   dst_colorspace=self.colour.swscale_matrix,
-                                   dst_color_range=self.colour.range)
+            frame = self._to_yuv(frame, self._pix_fmt)
+        elif _is_luma(self._pix_fmt):
+            frame = self._to_luma(frame)
         self._tag(frame)
         frame.pts, frame.time_base = pts, self.time_base
         self._container.mux(self._stream.encode(frame))
         if self._audio is not None:
             self._audio.copy_until(float(pts * self.time_base))
+
+    def _to_yuv(self, frame, pix_fmt: str):
+        return frame.reformat(format=pix_fmt, dst_colorspace=self.colour.swscale_matrix,
+                              dst_color_range=self.colour.range)
+
+    def _to_luma(self, frame):
+        """The luma of a YUV conversion alone, with the output's matrix (swscale's own
+        RGB -> gray takes BT.601 whatever it is asked)."""
+        import av
+
+        yuv = self._to_yuv(frame, self._pix_fmt.replace("gray", "yuv444p"))
+        plane = yuv.planes[0]
+        dtype = "<u2" if self.dtype == np.uint16 else "u1"  # (the le formats encoders take)
+        rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)[:, :plane.width]
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(rows), format=self._pix_fmt)
 
     def _finish(self) -> None:
         packets = self._stream.encode(None)
@@ -252,6 +274,8 @@ class VideoSink(FrameSink):
         if self._audio is not None:
             self._audio.copy_until(None)
             self._audio.close()
+            # what the copy found at the input's end (tracks without packets)
+            self.notes.extend(n for n in self._audio.notes if n not in self.notes)
         if self.frames_written == 0:
             raise SinkError(f"no frames were written to {self.path}: nothing to save")
         self._container.close()
@@ -260,6 +284,11 @@ class VideoSink(FrameSink):
     def _release(self) -> None:
         close_quietly(self._audio, self._container)
         self._audio = self._container = None
+
+
+def _is_luma(pix_fmt: str) -> bool:
+    """Whether a pixel format holds luma alone (gray, gray10le, ...)."""
+    return pix_fmt.startswith("gray")
 
 
 def close_quietly(*things) -> None:

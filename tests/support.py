@@ -88,6 +88,10 @@ AUDIO_SECONDS_ATOL = 0.03  # seconds: about one AAC packet (1024 samples at 44.1
                            # measured 0.0 (the audio copied whole)
 FRAME_TIME_ATOL = 1e-3   # seconds between frames vs 1 / fps (containers round to ms or less):
                          # measured 6.7e-4 (30 frames/s in milliseconds)
+GRAY_LUMA_MAX_LEVELS = 1.0  # a gray output read back vs the BT.709 luma of the frames
+                           # written (8-bit levels): measured 0.51 (gray, H.264 CRF 0 and
+                           # FFV1), 0.79 (gray10le, H.265 CRF 0); 24.6 to 28.6 as gray was
+                           # once written (swscale's BT.601 gray, untagged)
 # Mean |difference| of the YUV samples, output vs source, after YUV -> RGB -> YUV with the
 # same matrix and range (4:2:0 chroma up- and down-sampled once): measured 0.74 (BT.601
 # limited, 176x144), 0.69 (BT.709 full range, 320x240), 0.77 (BT.2020 PQ, 176x144)

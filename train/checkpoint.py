@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from hirn.core.errors import CheckpointError
+from hirn.core.errors import CheckpointError, is_out_of_memory
 from hirn.core.files import atomic_file
 
 PARAM_KEYS = ("params", "params_ema")
@@ -42,6 +42,8 @@ def _read(path: str | os.PathLike, map_location) -> object:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
+        if is_out_of_memory(exc):  # not the file's fault: said as such by the command
+            raise
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''} - is it a "
                               "complete PyTorch .pth file?") from exc

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -41,6 +43,11 @@ from hirn.train import HiRN, load_model, save_checkpoint
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine
 SIGNAL_TIMEOUT_S = 120  # for the subprocesses stopped by a signal
 ADVICE_SECONDS = 2.0  # the memory advice for any window answers within this
+# Address space (ulimit -v) given hirn-run beyond what importing it and loading the tiny model
+# take (measured 0.78 GiB): its 256x256 windows need about 4 GiB more (peak 4.7 GiB in all);
+# margins of 256 MiB to 1 GiB each ran out in the run (torch's allocator, oneDNN or a decoder
+# failing first, as the margin decides), and each was said in the one line
+ADDRESS_SPACE_MARGIN = 512 << 20
 
 
 
@@ -289,6 +296,43 @@ def test_hirn_run_with_window_100000_on_a_raw_h264_stream_does_not_hang(tmp_path
     assert took < SIGNAL_TIMEOUT_S / 2, took
 
 
+def address_space_at_start(checkpoint: Path) -> int:
+    """Bytes of address space a process holds once hirn-run's modules are imported and the
+    model loaded (torch maps far more than it uses)."""
+    code = ("import hirn.runtime.cli, hirn.runtime.pipeline, hirn.runtime.backends.torch_backend\n"
+            "from hirn.train import load_model\n"
+            f"load_model({str(checkpoint)!r})\n"
+            "print(next(l.split()[1] for l in open('/proc/self/status') "
+            "if l.startswith('VmPeak')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=SIGNAL_TIMEOUT_S)
+    return int(result.stdout) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_memory_running_out_under_an_address_space_limit_is_one_error_line(tmp_path, media,
+                                                                          tiny_checkpoint):
+    """ulimit -v leaves room to start, not for the windows: torch's allocator, oneDNN or a
+    decoder failing to allocate once gave a traceback."""
+    video = media.write_video(tmp_path / "in.mkv", media.synthetic_frames(4, 256, 256),
+                              codec="ffv1", pix_fmt="bgr0")
+    limit = address_space_at_start(tiny_checkpoint) + ADDRESS_SPACE_MARGIN
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    before = names(tmp_path)
+    result = subprocess.run([shutil.which("hirn-run"), str(video), "-o",
+                             str(tmp_path / "x4.mkv"), "--checkpoint", str(tiny_checkpoint),
+                             "--codec", "ffv1", *THREADS], capture_output=True, text=True,
+                            preexec_fn=limited, timeout=SIGNAL_TIMEOUT_S)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Error: out of memory while upscaling" in result.stderr, result.stderr
+    assert f"this process may map only {limit / 2**30:.2f} GiB (ulimit -v)" in result.stderr
+    assert names(tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Batch outputs are trusted only when complete; outputs are synced before their rename
 
@@ -415,6 +459,23 @@ def test_a_variable_rate_video_written_as_pngs_gets_a_note(tmp_path, media, tiny
     assert result.exit_code == 0, result.output
     assert "a folder of PNGs keeps their order, not their timing" in result.output
     assert len(names(tmp_path / "frames")) == 3
+
+
+def test_a_variable_rate_video_with_gaps_is_upscaled_whole_at_its_own_times(tmp_path, media,
+                                                                          tiny_checkpoint,
+                                                                          one_thread):
+    """Frames 0, 1, 2, 5, 6 and 10 of 25 frames/s: duration x rate estimates 11 frames, which
+    once refused the video as truncated after every window was computed."""
+    stamps = (0, 40, 80, 200, 240, 400)
+    video = write_vfr_video(tmp_path / "vfr.mkv", media.synthetic_frames(6), stamps)
+    result = invoke(video, "-o", tmp_path / "x4.mkv", "--checkpoint", tiny_checkpoint,
+                    "--codec", "ffv1", *THREADS)
+    assert result.exit_code == 0, result.output
+    assert "about 11 frames at 25 frames/s" in result.output  # an estimate, said as one
+    assert "cut short" not in result.output
+    with av.open(str(tmp_path / "x4.mkv")) as out:
+        times = [round(frame.time * 1000) for frame in out.decode(video=0)]
+    assert times == list(stamps)
 
 
 def test_evenly_timed_frames_written_as_pngs_get_no_note(tmp_path, media):

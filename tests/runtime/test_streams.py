@@ -302,3 +302,28 @@ def test_a_data_track_is_kept_where_the_container_takes_it_else_named(tmp_path, 
     assert records(tmp_path / "copy.mp4") == records(mp4)
     assert copy(mp4, tmp_path / "copy.mkv") == [
         "not kept in MKV: stream 1: its bin_data data track cannot go into MKV"]
+
+
+def test_an_audio_track_without_packets_is_kept_in_mkv_and_named_where_mp4_drops_it(
+        tmp_path, media):
+    """A track declared but never written to: MP4's muxer writes no empty track."""
+    silent = tmp_path / "silent.mkv"
+    with av.open(str(silent), "w") as out:
+        video = out.add_stream("libx264", rate=media.fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream("aac", rate=44100)
+        sound.metadata["language"] = "eng"
+        media.encode_frames(out, video, media.synthetic_frames(2))
+
+    def kinds(path):
+        with av.open(str(path)) as container:
+            return [s.type for s in container.streams]
+
+    assert kinds(silent) == ["video", "audio"]
+    assert copy(silent, tmp_path / "copy.mkv") == []
+    assert kinds(tmp_path / "copy.mkv") == ["video", "audio"]
+    for suffix, shown in ((".mp4", "MP4"), (".mov", "MOV")):
+        assert copy(silent, tmp_path / f"copy{suffix}") == [
+            f"not kept in {shown}: stream 1 (eng): its audio track has no packets ({shown} "
+            f"writes no empty track; .mkv keeps it)"]
+        assert kinds(tmp_path / f"copy{suffix}") == ["video"]
