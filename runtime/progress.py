@@ -47,6 +47,8 @@ def progress_bar(total: int | None, label: str, quiet: bool):
     and without ``quiet``. Yields ``update(n)``, safe to call from another thread."""
     from tqdm import tqdm
 
+    # no monitor thread: one thread fewer to start where memory or address space is short
+    tqdm.monitor_interval = 0
     bar = tqdm(total=total, desc=label, unit="frame", file=sys.stderr, leave=False,
                disable=True if quiet else None, dynamic_ncols=True, smoothing=0.1)
     try:
