@@ -5,7 +5,7 @@
 On a CUDA GPU, at HiRN's shape (N=1, 128 -> 64 channels, 16 offset groups, 3x3, realistic
 flows and masks from ``hirn.plugins.cases``) and each feature size, in one run: our kernel in
 FP32 and FP16, ``torchvision.ops.deform_conv2d`` in FP32 and FP16 (when torchvision imports)
-and ``hirn.train.deform_conv.deform_conv2d`` (grid_sample + matmul) in FP32 and FP16. Times
+and ``hirn.model.deform_conv.deform_conv2d`` (grid_sample + matmul) in FP32 and FP16. Times
 are CUDA-event milliseconds per call, ``--iters`` calls back to back after ``--warmup`` calls
 (our kernel through ``bind_cuda``: arguments checked once, as in the TensorRT plugin);
 accuracy is against the float64 pure-torch result. Writes ``results/dcn_kernel.json`` and
@@ -21,9 +21,9 @@ import click
 import torch
 from common import machine, write_results
 
+from hirn.model.deform_conv import deform_conv2d
 from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case
-from hirn.train.deform_conv import deform_conv2d
 
 
 def _torchvision():
@@ -118,7 +118,7 @@ def main(sizes: str, iters: int, warmup: int) -> None:
     info = machine()
     payload = {"op": "HiRN DCNv2: N=1, C_in=128, C_out=64, G=16, 3x3, stride/pad/dilation 1",
                "timing": f"CUDA events, mean of {iters} back-to-back calls after {warmup}",
-               "reference": "hirn.train.deform_conv.deform_conv2d in float64",
+               "reference": "hirn.model.deform_conv.deform_conv2d in float64",
                "torchvision": tv_version, "kernel_library": str(library),
                "machine": info, "results": results}
     lines = [f"GPU: {info.get('gpu')}, torch {info['torch']}, torchvision {tv_version}. "

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, write_results
 
+from hirn.media.video import open_sink, open_source
 from hirn.runtime.backends import create_runner
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
-from hirn.runtime.video import open_sink, open_source
 
 GOAL = 0.10  # overhead share to stay below
 

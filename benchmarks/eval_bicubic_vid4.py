@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from hirn.core.logs import setup_logging
+from hirn.model.imresize import imresize
 from hirn.train.evaluate import (
     Report,
     bicubic_upscaler,
@@ -32,7 +33,6 @@ from hirn.train.evaluate import (
     format_table,
     read_rgb,
 )
-from hirn.train.imresize import imresize
 
 PUBLISHED = {"psnr": 23.88, "ssim": 0.6390}  # HiRN paper, bicubic row, Vid4 (Y)
 LABELS = {"matlab": "MATLAB bicubic, a = -0.5 (`hirn-eval --method bicubic`)",

@@ -284,7 +284,7 @@ def _encode_video(frames: list[Path], target: Path) -> None:
     import av  # noqa: F401  (raises ImportError where PyAV is absent)
     import cv2
 
-    from hirn.runtime.video import open_sink
+    from hirn.media.video import open_sink
 
     target.parent.mkdir(parents=True, exist_ok=True)
     first = cv2.imread(str(frames[0]))

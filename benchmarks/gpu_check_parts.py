@@ -325,7 +325,7 @@ def hirn_run(check: Check, result: dict) -> None:
     result["exit_code"], result["output"] = run.returncode, (run.stdout + run.stderr)[-1500:]
     if run.returncode != 0:
         raise AssertionError(f"hirn-run exited {run.returncode}: {run.stderr.strip()[-300:]}")
-    from hirn.runtime.video import read_frames
+    from hirn.media.video import read_frames
 
     out = read_frames(target)
     h, w = cv2.imread(str(paths[0])).shape[:2] if not check.reduced else (64, 64)

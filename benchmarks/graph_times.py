@@ -22,10 +22,10 @@ from common import CALENDAR_LR, REFERENCE_WEIGHTS, load_frames, machine, write_r
 
 from hirn.core.graphs import graph_specs
 from hirn.export.onnx_export import ExportOptions, export_onnx, sample_inputs
+from hirn.model.deform_conv import deform_conv2d
 from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.train import load_model
-from hirn.train.deform_conv import deform_conv2d
 
 
 def _median_seconds(call, repeats: int) -> float:

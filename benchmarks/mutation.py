@@ -71,39 +71,39 @@ _ENCODER_CONVERTS = (
 EQUIVALENT: dict[str, str] = {
     "hirn.runtime.padding.x_pad_frames__mutmut_2":
         "frames are [T, C, H, W], the only shape pad_frames takes: shape[+2:] is shape[-2:]",
-    "hirn.train.imresize.x__resize_axis__mutmut_23":
+    "hirn.model.imresize.x__resize_axis__mutmut_23":
         "np.zeros makes float64 when no dtype is given: dtype=None is dtype=np.float64",
-    "hirn.train.imresize.x__resize_axis__mutmut_25":
+    "hirn.model.imresize.x__resize_axis__mutmut_25":
         "np.zeros makes float64 when no dtype is given: leaving the dtype out changes nothing",
-    "hirn.train.imresize.x__resize_axis__mutmut_31":
+    "hirn.model.imresize.x__resize_axis__mutmut_31":
         "imresize always runs two passes: subtracting every tap negates both, and -(-y) = y "
         "exactly (negation is exact in floating point)",
-    "hirn.train.imresize.x__resize_axis__mutmut_36":
+    "hirn.model.imresize.x__resize_axis__mutmut_36":
         "numpy takes any negative length in reshape as 'the rest' (-2 acts as -1)",
-    "hirn.train.imresize.x_imresize__mutmut_23":
+    "hirn.model.imresize.x_imresize__mutmut_23":
         "shape[:3] adds the channel count to the emptiness check: it differs only for an "
         "[H, W, 0] array (resized to [h, w, 0] or refused), which no caller makes",
-    "hirn.train.imresize.x_imresize__mutmut_33":
+    "hirn.model.imresize.x_imresize__mutmut_33":
         "output_size reads the first two entries only: shape[:3] gives the same size",
-    "hirn.train.imresize.x_imresize__mutmut_35":
+    "hirn.model.imresize.x_imresize__mutmut_35":
         _ASTYPE_NONE,
-    "hirn.train.imresize.x_contributions__mutmut_4":
+    "hirn.model.imresize.x_contributions__mutmut_4":
         "at scale 1 the antialiased kernel scale * cubic(scale * x) with width 4 / scale is "
         "the plain cubic kernel: <= 1 and < 1 give the same weights",
-    "hirn.train.imresize.x_contributions__mutmut_15":
+    "hirn.model.imresize.x_contributions__mutmut_15":
         _ARANGE_DTYPE,
-    "hirn.train.imresize.x_contributions__mutmut_18":
+    "hirn.model.imresize.x_contributions__mutmut_18":
         _ARANGE_DTYPE,
-    "hirn.train.imresize.x_contributions__mutmut_39":
+    "hirn.model.imresize.x_contributions__mutmut_39":
         "one more tap lies outside the kernel's support: its column of weights is all zero and "
         "is dropped (keep = any weight != 0)",
-    "hirn.train.imresize.x_cubic__mutmut_19":
+    "hirn.model.imresize.x_cubic__mutmut_19":
         _CUBIC_KNOTS,
-    "hirn.train.imresize.x_cubic__mutmut_35":
+    "hirn.model.imresize.x_cubic__mutmut_35":
         _CUBIC_KNOTS,
-    "hirn.train.imresize.x_cubic__mutmut_37":
+    "hirn.model.imresize.x_cubic__mutmut_37":
         _CUBIC_KNOTS,
-    "hirn.train.imresize.x_contributions__mutmut_66":
+    "hirn.model.imresize.x_contributions__mutmut_66":
         "the mirror table gets one more entry (-1) at index 2n, which the indices, taken "
         "modulo 2n, never reach",
     "hirn.train.metrics.x__pair__mutmut_29": _ASTYPE_NONE,
@@ -149,21 +149,21 @@ EQUIVALENT: dict[str, str] = {
         _FIRST_PHASE_UNUSED,
     "hirn.core.liveness.x__with_encodes__mutmut_5":
         _FIRST_PHASE_UNUSED,
-    "hirn.runtime.video_writer.xǁVideoSinkǁ_write__mutmut_8":
+    "hirn.media.video_writer.xǁVideoSinkǁ_write__mutmut_8":
         _ENCODER_CONVERTS,
-    "hirn.runtime.video_writer.xǁVideoSinkǁ_write__mutmut_9":
+    "hirn.media.video_writer.xǁVideoSinkǁ_write__mutmut_9":
         _ENCODER_CONVERTS,
-    "hirn.runtime.video_writer.xǁVideoSinkǁ_write__mutmut_11":
+    "hirn.media.video_writer.xǁVideoSinkǁ_write__mutmut_11":
         "format=None converts to the matrix and range but stays RGB; the encoder then makes "
         "YUV with the frame's tags, as above: the same samples",
-    "hirn.runtime.video_writer.xǁVideoSinkǁ_write__mutmut_14":
+    "hirn.media.video_writer.xǁVideoSinkǁ_write__mutmut_14":
         "without format the conversion keeps RGB (converted to the matrix and range); the "
         "encoder then makes YUV with the frame's tags, as for _write__mutmut_11",
-    "hirn.runtime.video_writer.xǁVideoSinkǁ_finish__mutmut_4":
+    "hirn.media.video_writer.xǁVideoSinkǁ_finish__mutmut_4":
         "a packet without a dts gets one from the muxer, its pts for a lone frame: the "
         "one-frame H.265 test reads (pts, dts) == (0, 0) either way; it is the uninitialised "
         "dts of libx265 that must not reach the muxer",
-    "hirn.runtime.video_writer.xǁVideoSinkǁ_finish__mutmut_10":
+    "hirn.media.video_writer.xǁVideoSinkǁ_finish__mutmut_10":
         "the container is closed just before: '' instead of None is only read by _release "
         "(on abort, which a finished sink never does), whose close_quietly would swallow the "
         "error of ''.close() anyway",
@@ -190,13 +190,13 @@ NEW_TESTS: dict[str, list[str]] = {
     "recurrence": ["tests/core/test_liveness.py::"
                    "test_an_encode_that_returns_the_wrong_number_of_maps_is_an_error"],
     "video-timing": [
-        "tests/runtime/test_video.py::test_a_png_folder_notes_uneven_timing_once",
-        "tests/runtime/test_video.py::test_a_wrong_frame_or_a_closed_sink_is_refused_clearly",
-        "tests/runtime/test_video.py::test_frames_without_timestamps_are_numbered_at_the_frame_rate",
-        "tests/runtime/test_video.py::test_16_bit_frames_are_written_as_ten_bit_video",
+        "tests/media/test_video.py::test_a_png_folder_notes_uneven_timing_once",
+        "tests/media/test_video.py::test_a_wrong_frame_or_a_closed_sink_is_refused_clearly",
+        "tests/media/test_video.py::test_frames_without_timestamps_are_numbered_at_the_frame_rate",
+        "tests/media/test_video.py::test_16_bit_frames_are_written_as_ten_bit_video",
         # libx265's garbage dts comes in some processes and not others (the mutant of its fix
         # survived test_one_frame_h265_mp4_has_sane_timestamps): this test plants one
-        "tests/runtime/test_video.py::test_a_lone_frames_dts_is_set_to_its_pts"],
+        "tests/media/test_video.py::test_a_lone_frames_dts_is_set_to_its_pts"],
     "padding": ["tests/runtime/test_padding.py::test_network_input_is_float32_channels_first",
                 "tests/runtime/test_padding.py::test_a_frame_without_pixels_is_refused",
                 "tests/runtime/test_padding.py::test_16_bit_output_conversion"],
@@ -207,10 +207,10 @@ NEW_TESTS: dict[str, list[str]] = {
         "tests/runtime/test_windows.py::test_each_window_holds_its_own_frames",
         "tests/runtime/test_windows.py::test_bad_window_settings"],
     "imresize": [
-        "tests/train/test_imresize.py::test_one_pixel_lines_resize_and_empty_images_are_refused",
-        "tests/train/test_imresize.py::test_interior_of_a_linear_ramp_is_reproduced",
-        "tests/train/test_imresize.py::test_scale_one_returns_the_image",
-        "tests/train/test_imresize.py::test_weights_sum_to_one_and_indices_stay_inside"],
+        "tests/model/test_imresize.py::test_one_pixel_lines_resize_and_empty_images_are_refused",
+        "tests/model/test_imresize.py::test_interior_of_a_linear_ramp_is_reproduced",
+        "tests/model/test_imresize.py::test_scale_one_returns_the_image",
+        "tests/model/test_imresize.py::test_weights_sum_to_one_and_indices_stay_inside"],
     "metrics": ["tests/train/test_metrics.py::test_size_limits_are_exact"],
     "evaluate-crop": [
         "tests/train/test_evaluate.py::test_load_clip_errors",

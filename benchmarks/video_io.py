@@ -1,4 +1,4 @@
-"""Decode and encode throughput of the runtime's video I/O (``hirn.runtime.video``).
+"""Decode and encode throughput of the runtime's video I/O (``hirn.media.video``).
 
 Frames: Vid4 calendar GT at 720x576 (the input size class) and the same frames upscaled 4x
 with bicubic to 2880x2304 (a stand-in for HiRN's output: similar smoothness, same size). Each
@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hirn.runtime.video import open_sink, open_source
+from hirn.media.video import open_sink, open_source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HIRN_SHARED", REPO.parent / "shared"))
@@ -104,7 +104,7 @@ def machine() -> dict:
 
 
 def markdown(payload: dict) -> str:
-    lines = ["# Video I/O throughput (`hirn.runtime.video`)", "",
+    lines = ["# Video I/O throughput (`hirn.media.video`)", "",
              f"Calendar GT frames (720x576) and their bicubic x4 upscale (2880x2304); "
              f"H.264 / H.265 at CRF 18 (preset medium, yuv420p), FFV1 lossless (bgr0), "
              f"PNG (OpenCV, zlib RLE). Encode: `open_sink` ... `close()`; decode: iterating "

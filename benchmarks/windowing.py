@@ -55,7 +55,7 @@ def synthetic_video(path: Path, frames: int) -> Path:
     """A panning noise texture with a moving square: ``frames`` frames of 64x64, H.264."""
     import cv2
 
-    from hirn.runtime.video import open_sink
+    from hirn.media.video import open_sink
 
     rng = np.random.default_rng(0)
     canvas = cv2.GaussianBlur(rng.uniform(0, 255, (SIZE * 3, SIZE * 3, 3)), (0, 0), 1.5)
@@ -117,9 +117,9 @@ def memory_part(threads: int) -> dict:
 
 def _stand_in_run(video: Path, out: Path) -> None:
     """The pipeline with nearest-neighbour x4 in place of the model (run in a subprocess)."""
+    from hirn.media.video import open_source
     from hirn.runtime import pipeline
     from hirn.runtime.pipeline import RunConfig, open_output, upscale
-    from hirn.runtime.video import open_source
 
     pipeline.upscale_clip = lambda runner, frames, batch_size=4, keep=slice(None): (
         frames[keep].repeat(4, axis=2).repeat(4, axis=3))

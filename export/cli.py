@@ -42,7 +42,7 @@ def onnx(checkpoint: Path, output: Path, dcn: str, precision: str, opset: int,
     """Write the per-step graphs of CHECKPOINT (a .pth, or 'default' for the built-in
     weights) into a new folder."""
     from hirn.core.default_weights import resolve_checkpoint
-    from hirn.train import load_model
+    from hirn.model import load_model
 
     from .onnx_export import ExportOptions, export_onnx
 

@@ -16,8 +16,8 @@ from torch import nn
 from hirn.core.constants import MIN_SIZE, PRECISIONS, SCALE, SIZE_MULTIPLE
 from hirn.core.errors import ModelFolderError
 from hirn.core.graphs import FLOW, FRAME, OUTPUT, GraphSpec, graph_specs
-from hirn.train import HiRN, load_model
-from hirn.train.deform_conv import EXPORT_FORMS, PLUGIN_DOMAIN, export_form
+from hirn.model import HiRN, load_model
+from hirn.model.deform_conv import EXPORT_FORMS, PLUGIN_DOMAIN, export_form
 
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of, tool_versions, write_manifest
 

@@ -2,7 +2,7 @@
 
 ``hirn-export onnx --dcn plugin`` writes graphs whose deformable convolutions are
 ``HirnDeformConv`` nodes for our TensorRT plugin. ONNX Runtime runs them here through an
-onnxruntime-extensions Python op computing ``hirn.train.deform_conv.deform_conv2d`` (the pure
+onnxruntime-extensions Python op computing ``hirn.model.deform_conv.deform_conv2d`` (the pure
 PyTorch DCNv2, FP32), so the graphs TensorRT will parse are tested on any CPU.
 
 onnxruntime-extensions Python ops live only in its domain ``ai.onnx.contrib``, take only
@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from hirn.core.errors import BackendError
-from hirn.train.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
+from hirn.model.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
 
 PYOP_DOMAIN = "ai.onnx.contrib"  # onnxruntime_extensions.default_opset_domain()
 INTS_ATTRIBUTES = ("stride", "padding", "dilation")
@@ -58,7 +58,7 @@ def hirn_deform_conv(input, offset, mask, weight, bias, stride: str, padding: st
     """The op on FP32 numpy arrays; shapes and attributes as in ``plugins/README.md``."""
     import torch
 
-    from hirn.train.deform_conv import deform_conv2d
+    from hirn.model.deform_conv import deform_conv2d
 
     taps = weight.shape[2] * weight.shape[3]
     if offset.shape[1] != 2 * deformable_groups * taps:

@@ -1,6 +1,6 @@
 """Inputs shaped and distributed like HiRN's alignment convolution, for kernel checks and timing.
 
-HiRN's second-order alignment (``train/alignment.py``) runs DCNv2 on two concatenated
+HiRN's second-order alignment (``model/alignment.py``) runs DCNv2 on two concatenated
 64-channel features (C_in = 128) with 16 offset groups, 3x3 taps and 64 output channels.
 Offsets are a smooth flow of a few pixels per earlier feature (groups 0-7 follow the first,
 8-15 the second) plus ``10 * tanh(.)`` residuals; the mask is a sigmoid.

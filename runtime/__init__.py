@@ -1,4 +1,4 @@
-"""The recurrent driver, its backends, video I/O and ``hirn-run``.
+"""The recurrent driver, its backends, windows, tiles, memory, the session and ``hirn-run``.
 
 Importing this package loads no heavy library: backends import theirs when chosen.
 """

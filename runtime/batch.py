@@ -25,9 +25,9 @@ from pathlib import Path
 from hirn.core.errors import BatchError, HirnError, SinkError
 from hirn.core.files import atomic_write_text, natural_key
 from hirn.core.launch import ProcessLayout
+from hirn.media.video_reader import IMAGE_SUFFIXES
+from hirn.media.video_writer import VIDEO_FORMATS
 from hirn.runtime.progress import note
-from hirn.runtime.video_reader import IMAGE_SUFFIXES
-from hirn.runtime.video_writer import VIDEO_FORMATS
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ import click  # noqa: E402
 from hirn.core.constants import PRECISIONS  # noqa: E402
 from hirn.core.errors import HirnError, OutputExistsError  # noqa: E402
 from hirn.core.logs import logging_options  # noqa: E402
+from hirn.media.video_writer import CODECS, DEFAULT_CRF  # noqa: E402
 from hirn.runtime.backends.base import BACKENDS, DEFAULT_BATCH, BackendConfig  # noqa: E402
 from hirn.runtime.pipeline import (  # noqa: E402
     DEFAULT_OVERLAP,
@@ -44,7 +45,6 @@ from hirn.runtime.pipeline import (  # noqa: E402
     is_out_of_memory,
 )
 from hirn.runtime.tiles import DEFAULT_TILE_OVERLAP, parse_tile  # noqa: E402
-from hirn.runtime.video_writer import CODECS, DEFAULT_CRF  # noqa: E402
 
 # --fps, frames/s: image folders keep their rate to 1/1001, so slower rates would round to
 # 0; encoders and players refuse much faster ones
@@ -275,7 +275,7 @@ def _frames_to_stdout(output: Path | None, demo: bool):
     (the summary, a library's messages) goes to standard error."""
     from contextlib import nullcontext
 
-    from hirn.runtime import y4m
+    from hirn.media import y4m
 
     return y4m.frames_to_stdout() if output is not None and y4m.is_pipe(output) and not demo \
         else nullcontext()

@@ -15,11 +15,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from hirn.media.video import open_sink, open_source
 from hirn.runtime.backends import BackendConfig
 from hirn.runtime.padding import SCALE
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
 from hirn.runtime.progress import info, progress_bar, summary
-from hirn.runtime.video import open_sink, open_source
 
 DEMO_FRAMES = 8
 HR_SIZE = (256, 320)  # height, width of the original; the input is 64x80 (quick on a CPU)
@@ -66,14 +66,14 @@ def synthetic_clip(frames: int = DEMO_FRAMES, size: tuple[int, int] = HR_SIZE,
 
 def shrink(clip: np.ndarray) -> np.ndarray:
     """The LR clip: each frame through MATLAB's bicubic imresize at 1/4."""
-    from hirn.train.imresize import imresize
+    from hirn.model.imresize import imresize
 
     return np.stack([imresize(frame, 1 / SCALE) for frame in clip])
 
 
 def bicubic(lr: np.ndarray) -> np.ndarray:
     """The baseline: each LR frame enlarged 4x with MATLAB's bicubic imresize."""
-    from hirn.train.imresize import imresize
+    from hirn.model.imresize import imresize
 
     return np.stack([imresize(frame, SCALE) for frame in lr])
 

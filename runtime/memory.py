@@ -25,7 +25,7 @@ from hirn.runtime.padding import SCALE, padded_size
 from hirn.runtime.windows import GOP_FRAMES, max_frames_read
 
 _GIB = 2**30
-_HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (train/hirn.py)
+_HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (model/hirn.py)
 _FLOAT32 = 4  # bytes: frames and flows are FP32 in every precision (hirn.core.graphs)
 _FLOW_CHANNELS = 2
 _LR_CHANNELS = 3

@@ -34,6 +34,7 @@ from hirn.core.errors import (
     address_space_limit,
     is_out_of_memory,
 )
+from hirn.media.video import FrameSink, FrameSource, open_sink, open_source
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import SampleCollector, upscale_clip
 from hirn.runtime.padding import SCALE, pad_frames, to_float
@@ -48,7 +49,6 @@ from hirn.runtime.tiles import (
     choose_tiles,
     upscale_tiled,
 )
-from hirn.runtime.video import FrameSink, FrameSource, open_sink, open_source
 from hirn.runtime.windows import GOP_FRAMES, Window, check_window, iter_windows
 
 # Chosen from benchmarks/windowing.py (results/windowing.md): on a Vid4 calendar crop, 24 + 2 x 4

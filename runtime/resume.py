@@ -41,6 +41,9 @@ import numpy as np
 
 from hirn.core.errors import ResumeError
 from hirn.core.files import atomic_write_text, natural_key
+from hirn.media.streams import StreamCopier
+from hirn.media.video import FrameSink, FrameSource, open_sink
+from hirn.media.video_writer import VIDEO_FORMATS, close_quietly, make_temp
 from hirn.runtime.progress import note
 from hirn.runtime.resume_folder import (
     FREE_OPTIONS,
@@ -53,9 +56,6 @@ from hirn.runtime.resume_folder import (
     segment_damage,
     segment_digest,
 )
-from hirn.runtime.streams import StreamCopier
-from hirn.runtime.video import FrameSink, FrameSource, open_sink
-from hirn.runtime.video_writer import VIDEO_FORMATS, close_quietly, make_temp
 from hirn.runtime.windows import Window
 
 if TYPE_CHECKING:

@@ -1,11 +1,42 @@
-"""Skips GPU and TensorRT tests, with the reason, where those are absent."""
+"""Skips GPU and TensorRT tests, with the reason, where those are absent; marks the slow
+and the serial tests (below).
 
+Tiers: ``pytest -n 2 -m "not slow"`` is the local loop (a few minutes); CI (``.ci/run``) runs
+everything, the ``serial`` tests alone after the others.
+"""
+
+import ast
+import functools
 import importlib.util
+import inspect
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+
+# real media and small models (tests/clips.py), for the runtime, media and model tests
+pytest_plugins = ["clips"]
+
+TESTS = Path(__file__).resolve().parent
+
+# ``slow`` by a rule, so that new tests are marked too (several test files change often): a
+# test is slow when it, a helper of the test modules it calls or a fixture it uses (each
+# read as source) starts a process (our console scripts, torchrun, python, nvcc, cmake) or
+# trains. Starting hirn-run costs seconds of imports alone, and a training run far more.
+PROCESS_CALLS = {"run_cli", "Popen", "subprocess.Popen", "subprocess.run", "subprocess.call",
+                 "subprocess.check_call", "subprocess.check_output"}
+TRAIN_CALLS = {"train"}  # hirn.train.training.train, in this process
+
+# ``serial`` (and slow): tests that measure time or memory, which another test running
+# beside them would skew. CI runs them alone, after the others. A file that is not listed
+# here marks its own (``pytestmark``); these are listed by node id prefix.
+SERIAL = {
+    # the memory advice must answer within ADVICE_SECONDS; hirn-run must not hang
+    "tests/runtime/test_faults.py::test_advice_for_a_window_of_100000_frames_answers_within",
+    "tests/runtime/test_faults.py::test_hirn_run_with_window_100000_on_a_raw_h264_stream",
+}
 
 
 def _gpu_reason() -> str | None:
@@ -31,6 +62,52 @@ def pytest_collection_modifyitems(config, items):
         for mark, reason in reasons.items():
             if reason and mark in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+        if item.nodeid.startswith(tuple(SERIAL)):
+            item.add_marker(pytest.mark.serial)
+        if "serial" in item.keywords or _starts_a_process_or_trains(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def _starts_a_process_or_trains(item) -> bool:
+    functions = [getattr(item, "function", None)]
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is not None:  # every fixture the test uses, directly or through others
+        functions += [defs[-1].func for defs in fixtures.name2fixturedefs.values() if defs]
+    seen, todo = set(), [f for f in functions if f is not None]
+    while todo:
+        function = inspect.unwrap(todo.pop())
+        if function in seen:
+            continue
+        seen.add(function)
+        calls, helpers = _read(function)
+        if calls & (PROCESS_CALLS | TRAIN_CALLS):
+            return True
+        todo += helpers
+    return False
+
+
+@functools.cache
+def _read(function) -> tuple[frozenset[str], tuple]:
+    """What ``function`` calls (``name`` or ``module.name``), and the functions of the test
+    modules it names (helpers, read in turn); nothing for functions outside the tests."""
+    try:
+        path = inspect.getsourcefile(function)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset(), ()
+    if path is None or not Path(path).resolve().is_relative_to(TESTS):
+        return frozenset(), ()  # pytest's own fixtures (tmp_path, monkeypatch, ...)
+    names = getattr(function, "__globals__", {})
+    calls, helpers = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            calls.add(node.func.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name):
+            calls.add(f"{node.func.value.id}.{node.func.attr}")  # not x.train(): a method
+        elif isinstance(node, ast.Name) and inspect.isfunction(names.get(node.id)):
+            helpers.append(names[node.id])
+    return frozenset(calls), tuple(helpers)
 
 
 @pytest.fixture(autouse="MUTANT_UNDER_TEST" in os.environ)

@@ -190,8 +190,8 @@ def export_plugin_node(path: Path, c_in: int, groups: int, c_out: int, size: tup
     import onnx
     import torch
 
+    from hirn.model.deform_conv import PLUGIN_OP, deform_conv2d, export_form
     from hirn.plugins.cases import random_case
-    from hirn.train.deform_conv import PLUGIN_OP, deform_conv2d, export_form
 
     class Align(torch.nn.Module):
         def forward(self, x, offset, mask, weight, bias):

@@ -20,7 +20,7 @@ import torch
 import yaml
 from support import RUN_MAX_LEVELS, RUN_MIN_SHARE_WITHIN, run_cli
 
-from hirn.runtime.video import read_frames
+from hirn.media.video import read_frames
 from hirn.train import load_model
 
 SIZE = {"mid_channels": 8, "num_blocks": 2}  # neither the published size nor the tests' tiny one

@@ -1,9 +1,9 @@
-"""HiRN in PyTorch: the model, its checkpoints, and (later) training."""
+"""Training, data, evaluation and the metrics of HiRN (hirn-train, hirn-eval, hirn-prepare).
+
+The model itself is :mod:`hirn.model`; its main names are also here, as they were."""
 
 from hirn.core.errors import CheckpointError, HirnError, InputError
-
-from .checkpoint import load_model, load_spynet, save_checkpoint
-from .hirn import HiRN
+from hirn.model import HiRN, load_model, load_spynet, save_checkpoint
 
 __all__ = ["HiRN", "load_model", "load_spynet", "save_checkpoint", "HirnError", "InputError",
            "CheckpointError"]

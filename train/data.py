@@ -100,7 +100,7 @@ def lr_window(gt: np.ndarray, top: int, left: int, size: tuple[int, int]) -> np.
     Returns:
         ``[h, w, 3]`` uint8, equal to cropping MATLAB's full-frame result.
     """
-    from .imresize import contributions, output_size
+    from hirn.model.imresize import contributions, output_size
 
     scale = 1 / SCALE
     out_h, out_w = output_size(gt.shape[:2], scale)
@@ -262,7 +262,7 @@ class ValClip:
 
 def load_val_clips(cfg: ValData) -> list[ValClip]:
     """The validation clips, cropped as configured, kept in memory."""
-    from .imresize import imresize
+    from hirn.model.imresize import imresize
 
     out = []
     for clip in find_clips(cfg.dataroot_gt, cfg.dataroot_lq, clips=cfg.clips):

@@ -27,9 +27,9 @@ from hirn.core.default_weights import DEFAULT_CHECKPOINT, DEFAULT_NAME, resolve_
 from hirn.core.errors import DatasetError, HirnError
 from hirn.core.files import atomic_write_text
 from hirn.core.logs import logging_options
+from hirn.model.imresize import imresize
 
 from .frames import FRAME_SUFFIXES, list_frames, read_rgb
-from .imresize import imresize
 from .metrics import psnr, rgb_to_y, ssim
 
 LR_FOLDERS = ("LR_bicubic_matlab", "LR_bicubic", "LR")  # first one present is used
@@ -226,7 +226,7 @@ def checkpoint_upscaler(path: str | os.PathLike, device: str = "cpu",
     """HiRN from a checkpoint; each clip is fed whole, output clamped and rounded to uint8."""
     import torch
 
-    from .checkpoint import load_model
+    from hirn.model.checkpoint import load_model
 
     try:
         dev = torch.device(device)

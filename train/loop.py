@@ -39,13 +39,13 @@ from torch.utils.data import DataLoader
 
 from hirn.core.errors import HirnError
 from hirn.core.files import atomic_write_text
+from hirn.model.checkpoint import load_spynet, load_state, save_checkpoint
+from hirn.model.hirn import HiRN
 
 from . import distributed as D
-from .checkpoint import load_spynet, load_state, save_checkpoint
 from .config import Config, to_dict
 from .data import SampleStream, TrainDataset, load_val_clips
 from .ema import EMA
-from .hirn import HiRN
 from .schedulers import CosineAnnealingRestartLR
 from .state import (
     STATE_DIR,

@@ -49,7 +49,7 @@ def validate(model: nn.Module, clips: list[ValClip], cfg: Config,
 
 def bicubic_scores(clips: list[ValClip], cfg: Config) -> dict[str, float]:
     """The same metrics for MATLAB bicubic x4 upscaling of the validation LR frames."""
-    from .imresize import imresize
+    from hirn.model.imresize import imresize
 
     per_clip = []
     for clip in clips:

@@ -16,8 +16,8 @@ import torch
 from hirn.core.constants import PRECISIONS
 from hirn.core.errors import BackendError
 from hirn.core.graphs import graph_specs
-from hirn.train import HiRN, load_model
-from hirn.train.hirn import HALF_DTYPES
+from hirn.model import HiRN, load_model
+from hirn.model.hirn import HALF_DTYPES
 
 from .base import BackendConfig, Runner, cpu_has_native_bf16
 

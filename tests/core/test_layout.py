@@ -12,8 +12,9 @@ import pytest
 from support import REPO
 
 # Folder of each package (pyproject.toml maps hirn.<name> onto it).
-PACKAGES = {"core": REPO / "core", "train": REPO / "train", "export": REPO / "export",
-            "runtime": REPO / "runtime", "plugins": REPO / "plugins"}
+PACKAGES = {"core": REPO / "core", "model": REPO / "model", "media": REPO / "media",
+            "train": REPO / "train", "export": REPO / "export", "runtime": REPO / "runtime",
+            "plugins": REPO / "plugins"}
 # Modules whose docstrings promise that they load nothing heavy.
 LIGHT_MODULES = ("hirn.core.errors", "hirn.core.constants", "hirn.core.schedule",
                  "hirn.core.recurrence", "hirn.core.graphs", "hirn.core.files",
@@ -88,13 +89,34 @@ def test_core_imports_no_other_package():
 
 
 def test_imports_point_one_way():
-    """core <- train <- export <- runtime, plugins beside (it may use core only)."""
-    order = ["core", "train", "export", "runtime"]
+    """core <- model <- train <- export <- runtime; media and plugins beside (core only)."""
+    order = ["core", "model", "train", "export", "runtime"]
     graph = import_graph()
     for package in order:
         later = set(order[order.index(package) + 1:])
         assert not graph[package] & later, f"{package} imports {graph[package] & later}"
     assert graph["plugins"] <= {"core"}, graph["plugins"]
+    assert graph["media"] <= {"core"}, graph["media"]
+
+
+def test_media_and_model_import_without_runtime_or_train(tmp_path):
+    """Each loads without importing hirn.runtime, hirn.train or hirn.export."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import hirn.media, hirn.model
+        for package in (hirn.media, hirn.model):
+            for module in pkgutil.iter_modules(package.__path__):
+                importlib.import_module(f"{package.__name__}.{module.name}")
+        later = sorted(m for m in sys.modules
+                       if m.split(".")[:2] in (["hirn", "runtime"], ["hirn", "train"],
+                                               ["hirn", "export"]))
+        assert not later, later
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def _blocked_env(tmp_path: Path) -> dict:

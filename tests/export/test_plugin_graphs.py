@@ -14,10 +14,10 @@ from support import PLUGIN_CLIP_ATOL, PLUGIN_FP16_GRAPH_RTOL, PLUGIN_GRAPH_ATOL
 from hirn.core.errors import BackendError
 from hirn.export.manifest import read_manifest, verify_folder, write_manifest
 from hirn.export.onnx_export import ExportOptions, export_onnx
+from hirn.model.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
 from hirn.runtime.backends.onnxruntime_backend import OnnxRuntimeRunner
 from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN
-from hirn.train.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
 
 pytest.importorskip("onnxruntime_extensions",
                     reason="onnxruntime-extensions runs the plugin op on the CPU "

@@ -11,9 +11,9 @@ import torch
 from support import export_plugin_node
 
 from hirn.core.errors import KernelInputError
+from hirn.model.deform_conv import deform_conv2d
 from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case, random_case
-from hirn.train.deform_conv import deform_conv2d
 
 # Tolerances, all here.
 FP32_ATOL = 1e-5          # emulated FP32 kernel vs the float64 reference (small images)

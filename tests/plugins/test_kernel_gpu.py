@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hirn.core.errors import KernelBuildError, KernelInputError
+from hirn.model.deform_conv import deform_conv2d
 from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case, random_case
-from hirn.train.deform_conv import deform_conv2d
 
 # Tolerances, all here.
 FP32_ATOL = 1e-4          # FP32 kernel vs FP32 torchvision and vs the float64 reference

@@ -154,7 +154,7 @@ def test_harness_was_compiled_against_the_same_headers(built, report):
 
 
 def test_one_creator_found_by_the_namespace_the_exporter_writes(report, exported_node):
-    from hirn.train.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
+    from hirn.model.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
 
     assert exported_node[0] == PLUGIN_DOMAIN
     # loadLibrary refuses a library whose creators clash; the same plugin twice is one too many.

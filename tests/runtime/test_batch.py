@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from support import assert_clean_failure, invoke, names
 
 from hirn.core.errors import LaunchError
+from hirn.media.video import open_source
 from hirn.runtime import batch
 from hirn.runtime.batch import (
     BatchError,
@@ -27,7 +28,6 @@ from hirn.runtime.batch import (
     run_batch,
 )
 from hirn.runtime.cli import main
-from hirn.runtime.video import open_source
 
 TORCHRUN_TIMEOUT_S = 300
 

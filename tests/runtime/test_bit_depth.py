@@ -12,8 +12,8 @@ import torch
 from support import DEEP_RUN_MAX_ERROR, DEEP_RUN_MAX_LEVELS, assert_clean_failure, invoke, names
 
 from hirn.core.errors import SinkError
-from hirn.runtime.pixels import Sampling, choose_format
-from hirn.runtime.video import open_source
+from hirn.media.pixels import Sampling, choose_format
+from hirn.media.video import open_source
 from hirn.train import load_model
 
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine

@@ -37,12 +37,12 @@ from support import (
 )
 
 from hirn.export.onnx_export import export_onnx
+from hirn.media.video import open_source, read_frames
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from hirn.runtime.driver import upscale_clip
 from hirn.runtime.padding import to_float, to_uint8
 from hirn.runtime.progress import progress_bar
-from hirn.runtime.video import open_source, read_frames
 from hirn.train import load_model
 
 SIGNAL_TIMEOUT_S = 120  # for the subprocesses stopped by a signal or a full disk

@@ -11,7 +11,7 @@ import torch
 from support import DATA, RUN_MAX_LEVELS, RUN_MIN_SHARE_WITHIN, needs_shared, run_cli
 
 from hirn.core.default_weights import DEFAULT_CHECKPOINT, resolve_checkpoint
-from hirn.runtime.video import read_frames
+from hirn.media.video import read_frames
 from hirn.train import load_model
 from hirn.train.evaluate import evaluate, make_upscaler
 

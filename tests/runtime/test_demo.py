@@ -13,6 +13,7 @@ from support import DEMO_SCORE_DB_ATOL, PRINTED_DB_ATOL, RUN_TORCH_MAX_LEVELS, r
 
 from hirn.core.default_weights import DEFAULT_CHECKPOINT
 from hirn.core.logs import setup_logging
+from hirn.media.video import open_source, read_frames
 from hirn.runtime.backends import BackendConfig
 from hirn.runtime.demo import (
     HR_SIZE,
@@ -24,7 +25,6 @@ from hirn.runtime.demo import (
     shrink,
     synthetic_clip,
 )
-from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.weights import infer_backend
 from hirn.train import load_model
 from hirn.train.metrics import psnr

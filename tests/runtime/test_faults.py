@@ -25,7 +25,9 @@ from support import assert_clean_failure, default_sigint, invoke, names, run_cli
 
 from hirn.core.errors import BackendError
 from hirn.core.schedule import make_plan
-from hirn.runtime import backends, video_writer
+from hirn.media import video_writer
+from hirn.media.video import open_sink, open_source, read_frames
+from hirn.runtime import backends
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.batch import record_path
 from hirn.runtime.cli import EXIT_HUNG_UP, EXIT_INTERRUPTED
@@ -36,7 +38,6 @@ from hirn.runtime.memory import (
     plan_size,
     window_bytes,
 )
-from hirn.runtime.video import open_sink, open_source, read_frames
 from hirn.runtime.windows import GOP_FRAMES
 from hirn.train import HiRN, load_model, save_checkpoint
 

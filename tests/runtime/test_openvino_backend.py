@@ -28,11 +28,11 @@ from support import (
 
 from hirn.core.errors import BackendError
 from hirn.export.onnx_export import ExportOptions, export_onnx
+from hirn.media.video import read_frames
 from hirn.runtime.backends import BackendConfig, create_runner, fastest_cpu_path
 from hirn.runtime.backends.base import cpu_has_native_bf16
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.driver import upscale_clip
-from hirn.runtime.video import read_frames
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
 

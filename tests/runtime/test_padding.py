@@ -8,6 +8,8 @@ import pytest
 import torch
 from support import PADDED_ALIGNED_MIN_PSNR_DB, PADDED_CROP_MAX_LEVELS
 
+from hirn.media.video import open_source, read_frames
+from hirn.model.hirn import MIN_SIZE as MODEL_MIN_SIZE
 from hirn.runtime.backends.torch_backend import TorchRunner
 from hirn.runtime.padding import (
     MIN_SIZE,
@@ -20,9 +22,7 @@ from hirn.runtime.padding import (
     to_uint16,
 )
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
-from hirn.runtime.video import open_source, read_frames
 from hirn.train import load_model
-from hirn.train.hirn import MIN_SIZE as MODEL_MIN_SIZE
 
 
 def reflect_index(i: int, n: int) -> int:

@@ -27,12 +27,12 @@ import pytest
 from support import RUN_MAX_LEVELS, assert_clean_failure, default_sigint, invoke, names, run_cli
 
 from hirn.core.errors import ResumeError
+from hirn.media.video import open_source, read_frames
 from hirn.runtime import resume_folder
 from hirn.runtime.backends.base import BackendConfig
 from hirn.runtime.pipeline import RunConfig, open_output
 from hirn.runtime.resume import model_identity, open_segments, work_folder
 from hirn.runtime.resume_folder import LOCK, MANIFEST
-from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.windows import GOP_FRAMES, plan_windows
 
 # 17 frames: windows of 8 write frames 0-7 and 8-16 (each reads 16, HiRN's least); windows

@@ -16,9 +16,9 @@ import pytest
 
 from hirn.core.errors import DecodeError, SinkError
 from hirn.core.schedule import make_plan
+from hirn.media.video import open_source, read_frames
 from hirn.runtime import pipeline
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
-from hirn.runtime.video import open_source, read_frames
 from hirn.runtime.windows import (
     GOP_FRAMES,
     Window,
@@ -343,9 +343,15 @@ def test_failures_stop_every_stage_and_leave_no_output(clip, tmp_path, monkeypat
     source = open_source(clip)
     expected = {"model": RuntimeError, "ctrl-c": KeyboardInterrupt, "decode": DecodeError,
                 "encode": SinkError}[failure]
-    if failure == "decode":
-        data = clip.read_bytes()
-        clip.write_bytes(data[: len(data) // 2])
+    if failure == "decode":  # the decoder fails after 4 frames, as on a damaged packet
+        frames = iter(source)
+
+        def failing_frames():
+            for _ in range(4):
+                yield next(frames)
+            raise DecodeError("damaged packet (simulated)", frames_read=4)
+
+        monkeypatch.setattr(type(source), "__iter__", lambda self: failing_frames())
     config = RunConfig(window=3, overlap=1, codec="ffv1")
     with pytest.raises(expected):
         with open_output(source, tmp_path / "out.mkv", config) as sink:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from support import DATA, LR_GT_ALIGNED_MIN_PSNR_DB, needs_shared
 
+from hirn.model.imresize import imresize
 from hirn.train.config import TrainData, ValData
 from hirn.train.data import (
     DataError,
@@ -17,7 +18,6 @@ from hirn.train.data import (
     lr_window,
 )
 from hirn.train.frames import read_rgb
-from hirn.train.imresize import imresize
 
 VID4 = DATA / "vid4"
 CALENDAR_GT = VID4 / "calendar" / "GT"

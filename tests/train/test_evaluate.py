@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from support import CALENDAR_LR, DATA, METRIC_JSON_ATOL, needs_shared
 
 from hirn.core.errors import HirnError
+from hirn.model.imresize import imresize
 from hirn.train import HiRN, save_checkpoint
 from hirn.train.evaluate import (
     DatasetError,
@@ -25,7 +26,6 @@ from hirn.train.evaluate import (
     load_clip,
     main,
 )
-from hirn.train.imresize import imresize
 from hirn.train.metrics import psnr, rgb_to_y, ssim
 
 CALENDAR = DATA / "vid4" / "calendar"
@@ -101,7 +101,7 @@ class _FakeModel(torch.nn.Module):
 
 
 def test_checkpoint_upscaler_feeds_the_clip_whole_and_rounds(monkeypatch):
-    import hirn.train.checkpoint as checkpoint
+    import hirn.model.checkpoint as checkpoint
 
     calls = []
     monkeypatch.setattr(checkpoint, "load_model",

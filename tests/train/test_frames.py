@@ -6,7 +6,7 @@ import pytest
 
 from hirn.core.errors import DataError
 from hirn.core.files import natural_key
-from hirn.runtime.video_reader import ImageFolderSource
+from hirn.media.video_reader import ImageFolderSource
 from hirn.train.data import find_clips
 from hirn.train.evaluate import load_clip
 from hirn.train.frames import list_frames, read_rgb

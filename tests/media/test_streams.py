@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from support import assert_clean_failure, invoke, names
 
-from hirn.runtime.video import open_sink, open_source, read_frames
+from hirn.media.video import open_sink, open_source, read_frames
 
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine
 FONT = b"\x00\x01\x00\x00" + bytes(range(256))  # an attachment's bytes, kept as they are

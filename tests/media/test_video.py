@@ -33,8 +33,8 @@ from support import (
 )
 
 from hirn.core.errors import DecodeError, HirnError, SinkError, SourceError
-from hirn.runtime import video_writer
-from hirn.runtime.video import open_sink, open_source, read_frames
+from hirn.media import video_writer
+from hirn.media.video import open_sink, open_source, read_frames
 
 STREAM_PEAK_FRAMES = 6  # Python-side memory while iterating, in frames (a 60-frame clip)
 AUDIO_LEAD_MAX_FRAMES = 24  # one window of hirn-run (its default): how far, in frames, audio
@@ -475,7 +475,7 @@ def test_one_frame_h265_mp4_has_sane_timestamps(tmp_path):
     script = textwrap.dedent("""
         import sys
         import av, numpy as np
-        from hirn.runtime.video import open_sink
+        from hirn.media.video import open_sink
         blocks = np.random.default_rng(1).integers(0, 256, (6, 8, 3)).astype(np.uint8)
         image = np.kron(blocks, np.ones((16, 16, 1), np.uint8))
         path = sys.argv[1]
@@ -677,7 +677,7 @@ def test_ctrl_c_leaves_no_output(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         import numpy as np
-        from hirn.runtime.video import open_sink
+        from hirn.media.video import open_sink
         with open_sink({str(tmp_path / "out.mp4")!r}, width=64, height=48, fps=25) as sink:
             for index in range(10_000):
                 sink.write(np.full((48, 64, 3), index % 256, np.uint8))
@@ -701,7 +701,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_run(tmp_path):
     script = textwrap.dedent(f"""
         import time
         import numpy as np
-        from hirn.runtime.video import open_sink
+        from hirn.media.video import open_sink
         with open_sink({str(tmp_path / "out.mp4")!r}, width=64, height=48, fps=25) as sink:
             sink.write(np.zeros((48, 64, 3), np.uint8))
             print("writing", flush=True)

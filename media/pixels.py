@@ -74,7 +74,7 @@ def encoder_formats(codec: str) -> tuple[str, ...]:
     if codec == "png":
         return PNG_FORMATS
     if codec == "y4m":
-        from hirn.runtime.y4m import FORMATS
+        from hirn.media.y4m import FORMATS
 
         return tuple(FORMATS)
     import av

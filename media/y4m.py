@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from hirn.core.errors import DecodeError, SinkError, SourceError
-from hirn.runtime.colour import FULL, LIMITED, Colour, guess_matrix
-from hirn.runtime.pixels import Sampling
-from hirn.runtime.video_reader import Frame, VideoSource, _reason
-from hirn.runtime.video_writer import FrameSink, rgb_format
+from hirn.media.colour import FULL, LIMITED, Colour, guess_matrix
+from hirn.media.pixels import Sampling
+from hirn.media.video_reader import Frame, VideoSource, _reason
+from hirn.media.video_writer import FrameSink, rgb_format
 
 PIPE = "-"  # INPUT or OUTPUT naming standard input / output
 MAGIC = b"YUV4MPEG2"

@@ -1,4 +1,5 @@
-"""Real media for the runtime tests, made with PyAV directly (not with the code under test).
+"""Real media and small models for the tests (a plugin of tests/conftest.py), made with PyAV
+directly (not with the code under test).
 
 ``calendar_mp4``: 10 Vid4 calendar frames at 176x144, H.264 in MP4 with a stereo AAC tone.
 ``media``: helpers to write any other video (codec, pixel format, audio) or image folder.

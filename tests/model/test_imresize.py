@@ -6,7 +6,7 @@ import pytest
 from support import CALENDAR_LR, DATA, RAMP_ATOL, needs_shared
 
 from hirn.core.errors import InputError
-from hirn.train.imresize import contributions, cubic, imresize
+from hirn.model.imresize import contributions, cubic, imresize
 
 CALENDAR_GT = DATA / "vid4" / "calendar" / "GT"
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from support import EXACT_F64_ATOL, FP16_UPSAMPLE_ATOL
 
-from hirn.train.attention import _upsample_bicubic_x2_as_conv
+from hirn.model.attention import _upsample_bicubic_x2_as_conv
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 2, 2, 3), (2, 3, 5, 7), (1, 64, 32, 45)])

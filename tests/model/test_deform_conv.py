@@ -7,7 +7,7 @@ import pytest
 import torch
 from support import DCN_ATOL
 
-from hirn.train.deform_conv import deform_conv2d
+from hirn.model.deform_conv import deform_conv2d
 
 
 def _bilinear_zero_outside(img: np.ndarray, y: float, x: float) -> float:

@@ -11,9 +11,9 @@ sink:``, or ``sink.abort()``, removes the temporary: the destination is either c
 untouched. The input is only ever opened for reading, and a sink refuses to write over it.
 
 Frames are ``[H, W, 3]`` RGB arrays: uint8, or uint16 for sources of more than 8 bits, whose
-outputs keep them by default (``source.sampling``; runtime/pixels.py). Inputs in gray or with
+outputs keep them by default (``source.sampling``; media/pixels.py). Inputs in gray or with
 alpha are converted, and each conversion is said once in ``source.notes``. ``-`` reads and
-writes a YUV4MPEG2 pipe (runtime/y4m.py). A single image file is
+writes a YUV4MPEG2 pipe (media/y4m.py). A single image file is
 refused (put it in a folder): a file must be a video. A video's colour (matrix, range,
 primaries, transfer; guessed by size where untagged) is in ``source.colour``: a sink given it
 converts back with the same matrix and range and tags the output with all four.
@@ -38,17 +38,17 @@ from pathlib import Path
 import numpy as np
 
 from hirn.core.errors import OutputExistsError, SinkError, SourceError
-from hirn.runtime.colour import Colour
-from hirn.runtime.pixels import Sampling, choose_format
-from hirn.runtime.streams import frames_only_notes
-from hirn.runtime.video_reader import (
+from hirn.media.colour import Colour
+from hirn.media.pixels import Sampling, choose_format
+from hirn.media.streams import frames_only_notes
+from hirn.media.video_reader import (
     IMAGE_SUFFIXES,
     Frame,
     FrameSource,
     ImageFolderSource,
     VideoSource,
 )
-from hirn.runtime.video_writer import (
+from hirn.media.video_writer import (
     CODECS,
     DEFAULT_CRF,
     VIDEO_CODECS,
@@ -77,7 +77,7 @@ def open_source(path: str | os.PathLike, *, fps: float | Fraction | None = None,
         SourceError: the path is missing, not a video, empty, or holds images of mixed sizes.
         DecodeError: the first frame cannot be decoded.
     """
-    from hirn.runtime import y4m
+    from hirn.media import y4m
 
     if y4m.is_pipe(path):
         return y4m.Y4MSource(strict=strict)
@@ -126,7 +126,7 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
             folders).
         crf: quality of h264 / h265, 0-51, lower is better (default 18).
         audio_from: a source or file whose other streams and tags are copied in: audio,
-            subtitles, chapters, attachments, metadata (runtime/streams.py; what the
+            subtitles, chapters, attachments, metadata (media/streams.py; what the
             container cannot hold is named in the sink's notes); PNG folders note them.
         time_base: unit of the pts given to ``write`` (default ``1 / fps``); pass the
             source's to carry its timestamps over.
@@ -146,7 +146,7 @@ def open_sink(path: str | os.PathLike, *, width: int, height: int, fps: float | 
         SinkError: bad codec / container / size / crf, the output is an input, exists, or its
             folder is missing or not writable.
     """
-    from hirn.runtime import y4m
+    from hirn.media import y4m
 
     sampling = sampling or Sampling()
     fps = Fraction(fps).limit_denominator(1_000_000)

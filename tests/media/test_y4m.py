@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from support import assert_clean_failure, names
 
 from hirn.core.errors import SinkError, SourceError
-from hirn.runtime import y4m
+from hirn.media import y4m
+from hirn.media.video import open_sink, open_source
+from hirn.media.y4m import FRAME_LINE, Header, Y4MSource, format_header, parse_header
 from hirn.runtime.cli import main
-from hirn.runtime.video import open_sink, open_source
-from hirn.runtime.y4m import FRAME_LINE, Header, Y4MSource, format_header, parse_header
 
 THREADS = ("--threads", "1")  # one thread runs fastest on a loaded 2-core machine
 WIDTH, HEIGHT, FRAMES = 80, 64, 3  # valid model input as they are (even, >= 64)

@@ -2,7 +2,7 @@
 
 The model owns the parameters (named as in the published checkpoints) and
 runs a clip by walking the plan of ``hirn.core.schedule`` with its step
-modules (``hirn.train.steps``).
+modules (``hirn.model.steps``).
 """
 
 from __future__ import annotations

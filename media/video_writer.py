@@ -6,7 +6,7 @@ final path only in a successful ``close()``; ``abort()``, an exception or Ctrl-C
 ``with open_sink(...)`` remove the temporary. A process killed outright (SIGKILL, power loss)
 cannot clean up: the next run for the same output removes the temporaries of dead processes
 of this host. The input's audio, subtitles, chapters, attachments and tags are copied through
-while frames are written (runtime/streams.py), so nothing is buffered whole.
+while frames are written (media/streams.py), so nothing is buffered whole.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from hirn.core.errors import OutputExistsError, SinkError, is_out_of_memory
-from hirn.runtime.colour import FULL, Colour
-from hirn.runtime.streams import StreamCopier
+from hirn.media.colour import FULL, Colour
+from hirn.media.streams import StreamCopier
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 # codec name -> (FFmpeg encoder, pixel format for 8 bits); bgr0 keeps FFV1 lossless for RGB
-# input (runtime/pixels.py has the formats of deeper sources)
+# input (media/pixels.py has the formats of deeper sources)
 VIDEO_CODECS = {"h264": ("libx264", "yuv420p"), "h265": ("libx265", "yuv420p"),
                 "ffv1": ("ffv1", "bgr0")}
 CODECS = (*VIDEO_CODECS, "png")
@@ -61,7 +61,7 @@ class FrameSink:
 
     def __init__(self, path: Path, temp: Path, *, width: int, height: int, fps: Fraction,
                  time_base: Fraction, codec: str, overwrite: bool, pix_fmt: str):
-        from hirn.runtime.pixels import format_bits
+        from hirn.media.pixels import format_bits
 
         self.path, self._temp = path, temp
         self.width, self.height, self.fps, self.time_base = width, height, fps, time_base

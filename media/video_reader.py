@@ -21,10 +21,10 @@ import numpy as np
 
 from hirn.core.errors import DecodeError, SourceError, is_out_of_memory
 from hirn.core.files import natural_key
-from hirn.runtime.colour import Colour, read_colour
-from hirn.runtime.damage import DamageWatch
-from hirn.runtime.pixels import Sampling
-from hirn.runtime.streams import describe_extras
+from hirn.media.colour import Colour, read_colour
+from hirn.media.damage import DamageWatch
+from hirn.media.pixels import Sampling
+from hirn.media.streams import describe_extras
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                   ".pnm")
@@ -226,7 +226,7 @@ class VideoSource(FrameSource):
         try:
             stream = container.streams.video[self._stream_index]
             # slice threads only: with frame threads, a packet's errors are logged while later
-            # packets decode, and the damaged frame could not be named (runtime/damage.py)
+            # packets decode, and the damaged frame could not be named (media/damage.py)
             stream.thread_type = "SLICE"
             watch = DamageWatch(stream)
             frames = watch.frames(container)

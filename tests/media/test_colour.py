@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support import COLOUR_ROUND_TRIP_MAX_MEAN, COLOUR_SHIFTED_MIN_MEAN
 
-from hirn.runtime.colour import (
+from hirn.media.colour import (
     BT709,
     BT2020_NCL,
     FULL,
@@ -22,7 +22,7 @@ from hirn.runtime.colour import (
     Colour,
     guess_matrix,
 )
-from hirn.runtime.video import open_sink, open_source
+from hirn.media.video import open_sink, open_source
 
 SD_BT601 = Colour(matrix=SMPTE170M, range=LIMITED, primaries=6, transfer=6)  # NTSC SD
 FULL_BT709 = Colour(matrix=BT709, range=FULL, primaries=1, transfer=1)  # phone video
