@@ -27,15 +27,52 @@ TESTS = Path(__file__).resolve().parent
 # trains. Starting hirn-run costs seconds of imports alone, and a training run far more.
 PROCESS_CALLS = {"run_cli", "Popen", "subprocess.Popen", "subprocess.run", "subprocess.call",
                  "subprocess.check_call", "subprocess.check_output"}
-TRAIN_CALLS = {"train"}  # hirn.train.training.train, in this process
+TRAIN_CALLS = {"train"}  # hirn.train.loop.train, in this process
+
+# ``slow`` by name: in-process tests that took over 5 s each, with the seconds measured
+# (pytest -n 2 on the shared 2-core machine while others ran there: about twice an idle
+# machine's). By file and test name, so that a test moved to another folder keeps its mark.
+SLOW = {
+    "test_tiles.py::test_hirn_run_recomputes_backward_maps_when_only_that_fits": 267,
+    "test_execution_order.py::test_driver_output_is_bit_identical_to_the_plan_order": 324,
+    "test_execution_order.py::test_model_forward_is_bit_identical_to_the_plan_order": 26,
+    "test_driver.py::test_torch_backend_clip_matches_original": 95,
+    "test_driver.py::test_decoding_only_the_kept_frames_gives_the_same_frames": 90,
+    "test_driver.py::test_mirrored_clip_is_detected_and_gives_the_same_result": 26,
+    "test_tiles.py::test_hirn_run_takes_a_1080p_video_in_automatic_tiles": 28,
+    "test_cli.py::test_an_altered_or_mismatched_onnx_folder_is_refused": 26,  # its export
+    "test_default_weights.py::test_default_weights_beat_bicubic_on_a_vid4_crop": 23,
+    "test_tiles.py::test_tile_seams_stay_within_tolerance_with_an_overlap": 17,
+    "test_reference_parity.py::test_cpu_float32_matches_original": 24,
+    "test_plugin_graphs.py::test_whole_clip_plugin_folder_equals_deformconv_folder": 14,
+    "test_faults.py::test_half_precision_windows_with_nan_are_computed_again_in_fp32": 11,
+    "test_bit_depth.py::test_ten_bit_hevc_in_gives_ten_bit_hevc_out": 11,
+    "test_torch_backend.py::test_compiled_step_module_equals_the_eager_one": 10,
+    "test_onnx_export.py::test_fp16_graphs_keep_flows_in_fp32": 9,
+    "test_plugin_graphs.py::test_fp16_plugin_graph_matches_fp16_deformconv_graph": 8,
+    "test_model.py::test_non_square_batch_of_two": 8,
+    "test_default_weights.py::test_prepare_makes_moving_clips_from_packages_and_holds_some_out":
+        8,
+    "test_openvino_backend.py::test_folders_it_cannot_read_and_other_backends_on_gpu_are_refused":
+        7,
+    "test_replay_buffers.py::test_replayed_steps_give_the_eager_output": 6,
+    "test_colour.py::test_untagged_video_is_read_with_the_usual_guess": 5,
+    "test_bit_depth.py::test_sixteen_bit_pngs_in_give_sixteen_bit_pngs_out": 5,
+    # starts pytest, through benchmarks/gpu_check_parts.py (outside what the rule reads)
+    "test_gpu_check.py::test_the_gpu_tests_part_reports_each_test": 2,
+}
 
 # ``serial`` (and slow): tests that measure time or memory, which another test running
-# beside them would skew. CI runs them alone, after the others. A file that is not listed
-# here marks its own (``pytestmark``); these are listed by node id prefix.
+# beside them would skew; CI runs them alone, after the others. By file and test name.
 SERIAL = {
-    # the memory advice must answer within ADVICE_SECONDS; hirn-run must not hang
-    "tests/runtime/test_faults.py::test_advice_for_a_window_of_100000_frames_answers_within",
-    "tests/runtime/test_faults.py::test_hirn_run_with_window_100000_on_a_raw_h264_stream",
+    "test_memory.py::test_bound_against_a_measured_window":
+        "the peak RSS of a window, in two processes of its own",
+    "test_memory.py::test_hirn_run_refuses_frames_too_large_for_this_machine":
+        "reads the memory left free, then fills much of it (8000x8000 frames)",
+    "test_faults.py::test_advice_for_a_window_of_100000_frames_answers_within_seconds":
+        "answers within ADVICE_SECONDS",
+    "test_faults.py::test_hirn_run_with_window_100000_on_a_raw_h264_stream_does_not_hang":
+        "finishes within half its timeout",
 }
 
 
@@ -62,9 +99,10 @@ def pytest_collection_modifyitems(config, items):
         for mark, reason in reasons.items():
             if reason and mark in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
-        if item.nodeid.startswith(tuple(SERIAL)):
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if name in SERIAL:
             item.add_marker(pytest.mark.serial)
-        if "serial" in item.keywords or _starts_a_process_or_trains(item):
+        if name in SLOW or "serial" in item.keywords or _starts_a_process_or_trains(item):
             item.add_marker(pytest.mark.slow)
 
 

@@ -100,7 +100,10 @@ def test_the_gpu_tests_part_reports_each_test(tmp_path, monkeypatch):
         "@pytest.mark.gpu\ndef test_bad():\n    assert 1 == 2\n\ndef test_not_gpu():\n"
         "    pass\n")
     monkeypatch.setattr(parts, "GPU_TESTS", folder)
-    check = parts.Check(tmp_path, None, tmp_path, dict(os.environ), cuda=True, reduced=False)
+    # the pytest it starts is no xdist worker: pytest-benchmark, where installed, would read
+    # PYTEST_XDIST_WORKER and end the output with its warning instead of the summary
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    check = parts.Check(tmp_path, None, tmp_path, env, cuda=True, reduced=False)
     result = {}
     with pytest.raises(AssertionError, match="1 failed, 1 passed"):
         parts.gpu_tests(check, result)
