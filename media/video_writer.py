@@ -77,6 +77,11 @@ class FrameSink:
 
     # -- public ------------------------------------------------------------------------------
 
+    def needs_window(self, index: int, window) -> bool:
+        """Whether the frames of window ``index`` must be computed and written next; a sink
+        that keeps windows of an earlier run (``--resume``'s segments) says False for those."""
+        return True
+
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
         """Add one frame: ``image`` [H, W, 3] uint8 or uint16 RGB, ``pts`` in time_base units
         or None."""

@@ -39,7 +39,7 @@ from hirn.runtime.backends import Runner
 from hirn.runtime.driver import SampleCollector, upscale_clip
 from hirn.runtime.padding import SCALE, pad_frames, to_float
 from hirn.runtime.progress import info, note, progress_bar
-from hirn.runtime.resume import Segments, open_segments, work_folder
+from hirn.runtime.resume import open_segments, work_folder
 from hirn.runtime.tiles import (
     AUTO,
     DEFAULT_TILE_OVERLAP,
@@ -147,26 +147,30 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
             if not is_out_of_memory(error):
                 raise
             # what ran, not what was asked: the batch and tiles may have been chosen here
-            raise WindowMemoryError(_out_of_memory(source, runner, config, batch_size,
-                                                   tiles.grid)) from error
+            raise WindowMemoryError(out_of_memory_message(
+                config, runner.device, batch_size, source, tiles.grid)) from error
     for text in source.notes + sink.notes + stats.notes:
         if text not in shown:
             note(text)
     return stats
 
 
-def _out_of_memory(source: FrameSource, runner: Runner, config: RunConfig, batch_size: int,
-                   grid: TileGrid | None) -> str:
-    how = f"in tiles of {grid.size[1]}x{grid.size[0]} LR px" if grid else "whole frames"
+def out_of_memory_message(config: RunConfig, device: str, batch_size: int,
+                          source: FrameSource | None = None,
+                          grid: TileGrid | None = None) -> str:
+    """What ran out and what to change: inside a file's windows (``source`` given: its size,
+    the tiles and batch that ran) or outside them (loading the model, say)."""
     kept = " (finished windows are kept for --resume)" if config.resume else ""
     limit = address_space_limit()  # where one is set, it is what ran out, as a rule
     capped = (f"; this process may map only {limit / 2**30:.2f} GiB (ulimit -v): raise the "
               f"limit" if limit is not None else "")
-    return (f"out of memory while upscaling {source.width}x{source.height} windows of "
-            f"{config.window} + 2 x {config.overlap} frames on {runner.device}, "
-            f"{how}, decoding {batch_size} frame{'s' if batch_size > 1 else ''} at a time: "
-            f"lower --batch-size (now {batch_size}), --window or --overlap, or use --tile"
-            f"{capped}; no output was written{kept}")
+    where = "" if source is None else f"{source.width}x{source.height} "
+    how = "" if source is None else (
+        f", {f'in tiles of {grid.size[1]}x{grid.size[0]} LR px' if grid else 'whole frames'}, "
+        f"decoding {batch_size} frame{'s' if batch_size > 1 else ''} at a time")
+    return (f"out of memory while upscaling {where}windows of {config.window} + 2 x "
+            f"{config.overlap} frames on {device}{how}: lower --batch-size (now {batch_size}), "
+            f"--window or --overlap, or use --tile{capped}; no output was written{kept}")
 
 
 def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,
@@ -197,12 +201,10 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
         for index, (window, items) in enumerate(windows):
             if config.strict:
                 _refuse_damaged(source, window)
-            if isinstance(sink, Segments):  # --resume: skip what an earlier run finished
-                if sink.finished(index, window):
-                    if progress is not None:
-                        progress(window.keep_stop - window.keep_start)
-                    continue
-                sink.begin(index, window)
+            if not sink.needs_window(index, window):  # --resume: finished earlier
+                if progress is not None:
+                    progress(window.keep_stop - window.keep_start)
+                continue
             images = pad_frames(to_float(np.stack([image for image, _ in items])))
             clock = time.perf_counter()
             # 16 bits where the output keeps more than 8 (a sink without dtype takes 8)

@@ -185,6 +185,14 @@ class Segments:
         """The frames of window ``index`` are written next."""
         self._planned.append((index, window))
 
+    def needs_window(self, index: int, window: Window) -> bool:
+        """The sink interface's question before each window: False for a window an earlier
+        run finished (its segment is kept), else True, its frames written next."""
+        if self.finished(index, window):
+            return False
+        self.begin(index, window)
+        return True
+
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
         """Add one frame to the segment of the current window (closed once it is full)."""
         if self._current is None:

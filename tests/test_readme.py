@@ -62,9 +62,13 @@ def _inline_commands(text: str) -> list[str]:
 
 
 def _command(program: str) -> click.Command:
-    """The click command behind a console script (pyproject's [project.scripts])."""
+    """The click command behind a console script (pyproject's [project.scripts]); hirn-run's
+    script is a launcher that loads ``hirn.runtime.cli.main`` (runtime/stops.py)."""
     (entry,) = metadata.entry_points(group="console_scripts", name=program)
-    return entry.load()
+    command = entry.load()
+    if entry.value == "hirn.runtime.stops:hirn_run":
+        from hirn.runtime.cli import main as command
+    return command
 
 
 @pytest.fixture(scope="module")
