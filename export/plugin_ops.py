@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from hirn.core.errors import BackendError
+from hirn.core.imports import require
 from hirn.model.deform_conv import PLUGIN_DOMAIN, PLUGIN_OP
 
 PYOP_DOMAIN = "ai.onnx.contrib"  # onnxruntime_extensions.default_opset_domain()
@@ -33,13 +33,10 @@ PARSER_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # read by TensorRT's
 
 
 def _import_extensions():
-    try:
-        import onnxruntime_extensions
-    except ImportError as exc:
-        raise BackendError("graphs exported with --dcn plugin run on the CPU through "
-                           "onnxruntime-extensions: pip install onnxruntime-extensions "
-                           "(or export with --dcn onnx)") from exc
-    return onnxruntime_extensions
+    return require("onnxruntime_extensions",
+                   "graphs exported with --dcn plugin run on the CPU through "
+                   "onnxruntime-extensions: pip install onnxruntime-extensions "
+                   "(or export with --dcn onnx)")
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -192,7 +192,7 @@ class VideoSink(FrameSink):
 
         encoder, pix_fmt = VIDEO_CODECS[self.codec][0], self.pix_fmt
         self._container = None
-        self._audio = None
+        self._other_streams = None
         self._pix_fmt = pix_fmt
         self.colour = colour or Colour()
         if _is_luma(pix_fmt):
@@ -220,8 +220,8 @@ class VideoSink(FrameSink):
                 ctx.codec_tag = "hvc1"  # what Apple players require for HEVC
             self._stream = stream
             if audio_from is not None:  # audio, subtitles, chapters, attachments, tags
-                self._audio = StreamCopier(audio_from, self._container, stream)
-                self.notes.extend(self._audio.notes)
+                self._other_streams = StreamCopier(audio_from, self._container, stream)
+                self.notes.extend(self._other_streams.notes)
             if _is_luma(pix_fmt):
                 self.notes.append(f"written in {pix_fmt}: luma only, without colour")
         except BaseException:
@@ -250,8 +250,8 @@ class VideoSink(FrameSink):
         self._tag(frame)
         frame.pts, frame.time_base = pts, self.time_base
         self._container.mux(self._stream.encode(frame))
-        if self._audio is not None:
-            self._audio.copy_until(float(pts * self.time_base))
+        if self._other_streams is not None:
+            self._other_streams.copy_until(float(pts * self.time_base))
 
     def _to_yuv(self, frame, pix_fmt: str):
         return frame.reformat(format=pix_fmt, dst_colorspace=self.colour.swscale_matrix,
@@ -276,19 +276,19 @@ class VideoSink(FrameSink):
             for packet in packets:
                 packet.dts = packet.pts
         self._container.mux(packets)
-        if self._audio is not None:
-            self._audio.copy_until(None)
-            self._audio.close()
+        if self._other_streams is not None:
+            self._other_streams.copy_until(None)
+            self._other_streams.close()
             # what the copy found at the input's end (tracks without packets)
-            self.notes.extend(n for n in self._audio.notes if n not in self.notes)
+            self.notes.extend(n for n in self._other_streams.notes if n not in self.notes)
         if self.frames_written == 0:
             raise SinkError(f"no frames were written to {self.path}: nothing to save")
         self._container.close()
         self._container = None
 
     def _release(self) -> None:
-        close_quietly(self._audio, self._container)
-        self._audio = self._container = None
+        close_quietly(self._other_streams, self._container)
+        self._other_streams = self._container = None
 
 
 def _is_luma(pix_fmt: str) -> bool:

@@ -25,7 +25,7 @@ from hirn.runtime.padding import SCALE, padded_size
 from hirn.runtime.windows import GOP_FRAMES, max_frames_read
 
 _GIB = 2**30
-_HR_CHANNELS = 64  # conv_hr's input and output at the output resolution (model/hirn.py)
+_HR_FEATURE_CHANNELS = 64  # conv_hr's input and output at the output resolution (model/hirn.py)
 _FLOAT32 = 4  # bytes: frames and flows are FP32 in every precision (hirn.core.graphs)
 _FLOW_CHANNELS = 2
 _LR_CHANNELS = 3
@@ -72,7 +72,7 @@ def window_bytes(runner: Runner, frames: int, height: int, width: int,
     :func:`~hirn.runtime.driver.upscale_clip`."""
     h, w = padded_size(height, width)
     map_bytes = runner.mid_channels * runner.element_size * h * w
-    hr_map = _HR_CHANNELS * runner.element_size * h * w * SCALE**2
+    hr_map = _HR_FEATURE_CHANNELS * runner.element_size * h * w * SCALE**2
     sizes = _Sizes(feature=map_bytes, flow=_FLOW_CHANNELS * _FLOAT32 * h * w,
                    lr=_LR_CHANNELS * _FLOAT32 * h * w,
                    hr=_LR_CHANNELS * _FLOAT32 * h * w * SCALE**2,

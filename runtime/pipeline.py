@@ -43,8 +43,8 @@ from hirn.runtime.resume import open_segments, work_folder
 from hirn.runtime.tiles import (
     AUTO,
     DEFAULT_TILE_OVERLAP,
-    TileChoice,
     TileGrid,
+    WindowFit,
     check_tile,
     choose_tiles,
     upscale_tiled,
@@ -142,7 +142,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike,
             with progress_bar(source.frame_count, label + Path(input).name,
                               config.quiet) as bar:
                 stats = upscale(source, sink, runner, config, batch_size=batch_size,
-                                progress=bar, fp32_runner=get_fp32_runner, tiles=tiles)
+                                progress=bar, make_fp32_runner=get_fp32_runner, tiles=tiles)
         except Exception as error:  # from the model, a decoder or an encoder (a thread)
             if not is_out_of_memory(error):
                 raise
@@ -176,15 +176,15 @@ def out_of_memory_message(config: RunConfig, device: str, batch_size: int,
 def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunConfig, *,
             batch_size: int = 4, progress: Callable[[int], None] | None = None,
             on_frame: Callable[[np.ndarray], None] | None = None,
-            fp32_runner: Callable[[], Runner] | None = None,
-            tiles: TileChoice | None = None) -> RunStats:
+            make_fp32_runner: Callable[[], Runner] | None = None,
+            tiles: WindowFit | None = None) -> RunStats:
     """Upscale every frame of ``source`` into ``sink`` (which the caller closes or aborts).
 
     Args:
         batch_size: frames per call of the batchable graphs.
         progress: called with the number of frames just encoded (from the encoder thread).
         on_frame: called with each output frame ``[4H, 4W, 3]`` uint8 before it is encoded.
-        fp32_runner: makes the same model in FP32; called at most once, when a window that
+        make_fp32_runner: makes the same model in FP32; called at most once, when a window that
             ``runner`` computed in half precision holds NaN or Inf, to compute it again
             (None: such a window stops the run, as one computed in FP32 always does).
         tiles: how each window runs: its grid (None: whole frames) and
@@ -194,8 +194,8 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
     stats = RunStats()
     began = time.perf_counter()
     ahead = config.window + config.overlap + 1  # the next window's new frames, decoded early
-    tiles = tiles or TileChoice(None)
-    recompute = _Recompute(runner, fp32_runner, tiles)
+    tiles = tiles or WindowFit(None)
+    recompute = _Recompute(runner, make_fp32_runner, tiles)
     with _Reader(source, ahead) as frames, _Writer(sink, config.window, progress) as writer:
         windows = iter_windows(frames, config.window, config.overlap, GOP_FRAMES)
         for index, (window, items) in enumerate(windows):
@@ -232,7 +232,7 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
 
 
 def _upscale_window(runner: Runner, images: np.ndarray, window: Window, source: FrameSource,
-                    batch_size: int, dtype, tiles: TileChoice
+                    batch_size: int, dtype, tiles: WindowFit
                     ) -> tuple[np.ndarray, list[int]]:
     """The written frames of one window as samples ``[T, 4h, 4w, 3]`` of ``dtype``, from its
     padded frames ``images`` ``[N, 3, H', W']`` (run as ``tiles`` says), and the frames
@@ -255,7 +255,7 @@ class _Recompute:
     with NaN or Inf otherwise. The FP32 runner is made on first need, then kept."""
 
     def __init__(self, runner: Runner, make_fp32: Callable[[], Runner] | None,
-                 tiles: TileChoice):
+                 tiles: WindowFit):
         # Stand-ins for the model (tests, benchmarks) may pass no runner: FP32 then.
         self._half = getattr(runner, "element_size", 4) == 2
         self._make_fp32 = make_fp32

@@ -46,7 +46,7 @@ AUTO, NONE = "auto", "none"
 DEFAULT_TILE_OVERLAP = 16
 _GIB = 2**30
 _FLOAT32 = 4
-_HR_CHANNELS = 3  # the stitched output: RGB at SCALE x the size
+_OUTPUT_CHANNELS = 3  # the stitched output: RGB at SCALE x the size
 
 Span = tuple[int, int]  # [start, stop) along one axis, in LR pixels of the padded frame
 
@@ -180,7 +180,7 @@ def upscale_tiled(runner: Runner, frames: np.ndarray, grid: TileGrid, batch_size
 
 
 @dataclass(frozen=True)
-class TileChoice:
+class WindowFit:
     """How a video's windows run: ``grid`` None is untiled; ``line`` says why tiles, a
     smaller batch or recomputed backward maps (or "" when as asked); ``batch_size`` the
     frames per batchable call (None: as asked); ``recompute_backward`` as for
@@ -205,7 +205,7 @@ def _recompute_note(recompute: int | None) -> str:
 def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int, int],
                  overlap: int, window: int, window_overlap: int, batch_size: int,
                  frame_count: int | None, available: int | None = None,
-                 fit_batch: bool = False) -> TileChoice:
+                 fit_batch: bool = False) -> WindowFit:
     """The tiles for LR frames of ``height x width`` under ``--tile`` (``tile``, ``overlap``).
 
     ``none`` and ``auto`` when the whole window fits run untiled (``none`` refuses a window
@@ -225,7 +225,7 @@ def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int,
     if tile == NONE:
         recompute = check_window_fits(runner, height, width, window, window_overlap,
                                       batch_size, GOP_FRAMES, frame_count, available)
-        return TileChoice(None, _recompute_line(recompute, width, height),
+        return WindowFit(None, _recompute_line(recompute, width, height),
                           recompute_backward=recompute)
     available = available_bytes(runner) if available is None else available
     h, w = padded_size(height, width)
@@ -249,19 +249,19 @@ def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int,
                 f"tiles of {tile[0]}x{tile[1]} LR px do not fit in memory (windows of "
                 f"{frames} frames need at least {need / _GIB:.1f} GiB, "
                 f"{available / _GIB:.1f} GiB is free): {advice}; nothing was written")
-        return TileChoice(grid, f"tiles: {grid.describe()} (--tile {tile[0]}x{tile[1]})"
+        return WindowFit(grid, f"tiles: {grid.describe()} (--tile {tile[0]}x{tile[1]})"
                                 f"{_recompute_note(recompute)}", recompute_backward=recompute)
     whole = window_bytes(runner, frames, height, width, batch_size)
     if available is None or whole <= available:
-        return TileChoice(None)
+        return WindowFit(None)
     lean, recompute = lean_whole(batch_size)
     if lean <= available:
-        return TileChoice(None, _recompute_line(recompute, width, height, whole, available),
+        return WindowFit(None, _recompute_line(recompute, width, height, whole, available),
                           recompute_backward=recompute)
     if fit_batch and (batch := largest_fitting(
             batch_size - 1, lambda b: lean_whole(b)[0] <= available)) is not None:
         recompute = lean_whole(batch)[1]
-        return TileChoice(None, f"decoding {batch} frame{'s' if batch > 1 else ''} at a time: "
+        return WindowFit(None, f"decoding {batch} frame{'s' if batch > 1 else ''} at a time: "
                                 f"a {width}x{height} window decoded {batch_size} at a time "
                                 f"needs {whole / _GIB:.1f} GiB, {available / _GIB:.1f} GiB "
                                 f"free{_recompute_note(recompute)}", batch, recompute)
@@ -269,9 +269,9 @@ def choose_tiles(runner: Runner, height: int, width: int, tile: str | tuple[int,
     if grid is None:  # not even the smallest tiles: the usual refusal, with its advice
         check_window_fits(runner, height, width, window, window_overlap, batch_size,
                           GOP_FRAMES, frame_count, available)
-        return TileChoice(None)
+        return WindowFit(None)
     recompute = lean_tiles(grid)[1]
-    return TileChoice(grid, f"tiles: {grid.describe()}: a whole {width}x{height} window "
+    return WindowFit(grid, f"tiles: {grid.describe()}: a whole {width}x{height} window "
                             f"needs {whole / _GIB:.1f} GiB, {available / _GIB:.1f} GiB free"
                             f"{_recompute_note(recompute)}", recompute_backward=recompute)
 
@@ -298,8 +298,8 @@ def tile_bytes(runner: Runner, grid: TileGrid, frames: int, batch_size: int,
                         recompute_backward=recompute_backward)
     if not str(runner.device).startswith("cuda"):
         h, w = grid.frame
-        per_pixel = 3 + _HR_CHANNELS * SCALE**2  # LR frame, x4 output
-        need += frames * _FLOAT32 * (per_pixel * h * w + _HR_CHANNELS * SCALE**2 * tile_h
+        per_pixel = 3 + _OUTPUT_CHANNELS * SCALE**2  # LR frame, x4 output
+        need += frames * _FLOAT32 * (per_pixel * h * w + _OUTPUT_CHANNELS * SCALE**2 * tile_h
                                      * tile_w)
     return need
 

@@ -308,7 +308,7 @@ def _hirn_version() -> str:
         return "unknown"
 
 
-class _Window:
+class _LogInterval:
     """Loss and time of the iterations since the last log record."""
 
     def __init__(self):
@@ -365,7 +365,7 @@ class _Run:
                           else [])
         self.frozen: bool | None = None  # SpyNet frozen in the current phase
         self.net: nn.Module = parts.model  # the model, DDP-wrapped under torchrun
-        self.window = _Window()
+        self.window = _LogInterval()
 
     def begin(self, resume_path: Path | None) -> None:
         """Log the start; at iteration 0, also the bicubic (and maybe initial) scores."""
@@ -390,7 +390,7 @@ class _Run:
         cfg = self.cfg
         bar = tqdm(total=cfg.train.total_iter, initial=self.start,
                    disable=not (progress and self.d.main), dynamic_ncols=True, desc="hirn-train")
-        self.window = _Window()
+        self.window = _LogInterval()
         it = self.start
         batches = iter(self.loader)
         self.parts.model.train()

@@ -19,6 +19,7 @@ import numpy as np
 
 from hirn.core.errors import BackendError, ModelFolderError
 from hirn.core.graphs import FEATURE, FLOW, graph_specs
+from hirn.core.imports import require
 from hirn.export.manifest import verify_folder
 
 from .base import BackendConfig, HostArrays, Runner, check_onnx_config
@@ -29,12 +30,8 @@ CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendError("the onnxruntime backend needs onnxruntime: pip install onnxruntime "
-                           "(CPU) or onnxruntime-gpu (NVIDIA), not both") from exc
-    return onnxruntime
+    return require("onnxruntime", "the onnxruntime backend needs onnxruntime: pip install "
+                   "onnxruntime (CPU) or onnxruntime-gpu (NVIDIA), not both")
 
 
 def concrete_shape(dims: Sequence[int | str], sizes: Mapping[str, int]) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ import numpy as np
 from hirn.core.constants import FP32_GRAPHS
 from hirn.core.errors import BackendError, ModelFolderError
 from hirn.core.graphs import graph_specs
+from hirn.core.imports import require
 from hirn.export.manifest import verify_folder
 
 from .base import BackendConfig, HostArrays, Runner, check_onnx_config
@@ -34,11 +35,7 @@ PRECISION_HINTS = {"cpu": {"fp32": "f32", "bf16": "bf16"},
 
 
 def _import_openvino():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise BackendError("the openvino backend needs OpenVINO: pip install openvino") from exc
-    return openvino
+    return require("openvino", "the openvino backend needs OpenVINO: pip install openvino")
 
 
 def openvino_device(device: str) -> str:

@@ -36,6 +36,7 @@ import numpy as np
 
 from hirn.core.errors import BackendError, EngineFolderError
 from hirn.core.graphs import graph_specs
+from hirn.core.imports import require
 from hirn.export.engine_cache import (
     PLUGIN_LIBRARY_NAME,
     TENSORRT_HINT,
@@ -55,11 +56,7 @@ ACTIVATION_ALIGNMENT = 512  # bytes: setDeviceMemoryV2 wants CUDA's allocation a
 
 
 def _import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendError(f"the tensorrt backend needs TensorRT: {TENSORRT_HINT}") from exc
-    return tensorrt
+    return require("tensorrt", f"the tensorrt backend needs TensorRT: {TENSORRT_HINT}")
 
 
 def cuda_device(device: str, current_device: Callable[[], int]) -> torch_device:

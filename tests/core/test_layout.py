@@ -19,6 +19,7 @@ PACKAGES = {"core": REPO / "core", "model": REPO / "model", "media": REPO / "med
 LIGHT_MODULES = ("hirn.core.errors", "hirn.core.constants", "hirn.core.schedule",
                  "hirn.core.recurrence", "hirn.core.graphs", "hirn.core.files",
                  "hirn.core.launch", "hirn.core.logs", "hirn.core.default_weights",
+                 "hirn.core.imports",
                  "hirn.runtime.cli", "hirn.export.cli", "hirn.export.manifest",
                  "hirn.plugins.loader")
 
