@@ -136,6 +136,13 @@ TRT_FP32_CLIP_ATOL = 1e-3     # FP32 engines (no TF32) vs ONNX Runtime FP32, who
 TRT_FP16_MIN_PSNR_DB = 40.0   # FP16 engines vs ONNX Runtime FP32, peak = reference range
 CUDA_GRAPH_ATOL = 1e-6        # replayed CUDA graphs vs plain execution of the same engines
 
+# the deformable-convolution kernel (tests/plugins)
+KERNEL_GPU_FP32_ATOL = 1e-4  # FP32 kernel on a GPU vs FP32 torchvision and the float64 reference
+KERNEL_GPU_EMULATED_ATOL = 1e-5  # GPU vs the CPU emulation of the same code (FMA contraction)
+KERNEL_EMULATED_FP32_ATOL = 1e-5  # emulated FP32 kernel vs the float64 reference (small images)
+KERNEL_EMULATED_FP16_REL_ATOL = 1e-3  # emulated FP16 vs float64 on the same FP16 inputs, x range
+KERNEL_FP16_MIN_PSNR_DB = 50.0  # FP16 kernel vs the FP32 reference, peak = reference range
+
 
 def needs_shared(path: Path) -> pytest.MarkDecorator:
     """Skip, saying why, when a file from ../shared is absent."""

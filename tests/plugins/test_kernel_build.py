@@ -8,7 +8,12 @@ import subprocess
 
 import pytest
 import torch
-from support import export_plugin_node
+from support import (
+    KERNEL_EMULATED_FP16_REL_ATOL,
+    KERNEL_EMULATED_FP32_ATOL,
+    KERNEL_FP16_MIN_PSNR_DB,
+    export_plugin_node,
+)
 
 from hirn.core.errors import KernelInputError
 from hirn.model.deform_conv import deform_conv2d
@@ -16,9 +21,6 @@ from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case, random_case
 
 # Tolerances, all here.
-FP32_ATOL = 1e-5          # emulated FP32 kernel vs the float64 reference (small images)
-FP16_REL_ATOL = 1e-3      # emulated FP16 vs float64 on the same FP16 inputs, x output range
-FP16_MIN_PSNR_DB = 50.0   # FP16 kernel vs the FP32 reference, peak = reference range
 
 needs_nvcc = pytest.mark.skipif(loader.find_nvcc() is None,
                                 reason="nvcc not found (install the CUDA toolkit or set HIRN_NVCC)")
@@ -148,7 +150,7 @@ def test_emulated_fp32_kernel_matches_reference(kernel, name):
     out = loader.deform_conv_emulated(*args)
     expected = _reference(*args)
     assert out.dtype == torch.float32 and out.shape == expected.shape
-    assert (out.double() - expected).abs().max() <= FP32_ATOL
+    assert (out.double() - expected).abs().max() <= KERNEL_EMULATED_FP32_ATOL
 
 
 @needs_nvcc
@@ -161,7 +163,7 @@ def test_emulated_fp16_kernel_matches_reference(kernel, name):
     expected = _reference(*args)  # same FP16 inputs, exact arithmetic
     assert out.dtype == torch.float16
     span = float(expected.max() - expected.min())
-    assert (out.double() - expected).abs().max() <= FP16_REL_ATOL * span
+    assert (out.double() - expected).abs().max() <= KERNEL_EMULATED_FP16_REL_ATOL * span
 
 
 @needs_nvcc
@@ -169,7 +171,7 @@ def test_emulated_without_mask_and_bias(kernel):
     inp, offset, _, weight, _, s, p, d = _case(c_in=16, groups=2)
     out = loader.deform_conv_emulated(inp, offset, None, weight, None, s, p, d)
     assert (out.double() - _reference(inp, offset, None, weight, None, s, p, d)).abs().max() \
-        <= FP32_ATOL
+        <= KERNEL_EMULATED_FP32_ATOL
 
 
 @needs_nvcc
@@ -179,7 +181,7 @@ def test_emulated_fp16_psnr_on_hirn_like_inputs(kernel):
     out = loader.deform_conv_emulated(*case.to(torch.float16).args())
     mse = float(((out.double() - expected) ** 2).mean())
     peak = float(expected.max() - expected.min())
-    assert 10 * math.log10(peak**2 / mse) >= FP16_MIN_PSNR_DB
+    assert 10 * math.log10(peak**2 / mse) >= KERNEL_FP16_MIN_PSNR_DB
 
 
 @needs_nvcc
@@ -196,8 +198,8 @@ def test_emulated_fp16_features_sample_at_fp32_offsets(kernel):
     rounded = loader.deform_conv_emulated(half[0], offset.half(), half[1], half[2], half[3],
                                           s, p, d)
     assert exact.dtype == torch.float16
-    assert (exact.double() - expected).abs().max() <= FP16_REL_ATOL * span
-    assert (rounded.double() - expected).abs().max() > 20 * FP16_REL_ATOL * span
+    assert (exact.double() - expected).abs().max() <= KERNEL_EMULATED_FP16_REL_ATOL * span
+    assert (rounded.double() - expected).abs().max() > 20 * KERNEL_EMULATED_FP16_REL_ATOL * span
 
 
 def test_mismatched_tensors_are_refused_before_the_kernel():

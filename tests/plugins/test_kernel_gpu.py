@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from support import KERNEL_FP16_MIN_PSNR_DB, KERNEL_GPU_EMULATED_ATOL, KERNEL_GPU_FP32_ATOL
 
 from hirn.core.errors import KernelBuildError, KernelInputError
 from hirn.model.deform_conv import deform_conv2d
@@ -13,9 +14,6 @@ from hirn.plugins import loader
 from hirn.plugins.cases import hirn_case, random_case
 
 # Tolerances, all here.
-FP32_ATOL = 1e-4          # FP32 kernel vs FP32 torchvision and vs the float64 reference
-FP16_MIN_PSNR_DB = 50.0   # FP16 kernel vs those references; peak = reference max - min
-EMULATED_FP32_ATOL = 1e-5  # GPU vs the CPU emulation of the same code (FMA contraction differs)
 EMULATED_FP16_REL = 2e-3  # same for FP16, x output range (summation order moves FP16 roundings)
 
 HIRN_SIZES = [(180, 320), (720, 1280)]
@@ -77,11 +75,11 @@ def _psnr(out, ref) -> float:
 def _check_both_precisions(case, ref):
     out = loader.deform_conv_cuda(*case.args())
     assert out.dtype == torch.float32 and out.shape == ref.shape
-    assert float((out.double() - ref.double()).abs().max()) <= FP32_ATOL
+    assert float((out.double() - ref.double()).abs().max()) <= KERNEL_GPU_FP32_ATOL
     del out
     out16 = loader.deform_conv_cuda(*case.to(torch.float16).args())
     assert out16.dtype == torch.float16 and bool(torch.isfinite(out16).all())
-    assert _psnr(out16, ref) >= FP16_MIN_PSNR_DB
+    assert _psnr(out16, ref) >= KERNEL_FP16_MIN_PSNR_DB
 
 
 @pytest.mark.parametrize("size", HIRN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -103,14 +101,14 @@ def test_small_shapes_with_borders_match_torchvision(kernel, name):
     case = random_case(**SMALL[name], device="cuda")
     _check_both_precisions(case, _torchvision_reference(case))
     assert float((loader.deform_conv_cuda(*case.args()).double()
-                  - _float64_reference(case)).abs().max()) <= FP32_ATOL
+                  - _float64_reference(case)).abs().max()) <= KERNEL_GPU_FP32_ATOL
 
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_gpu_equals_the_cpu_emulation_of_the_kernel(kernel, name):
     """The device paths (tensor cores, vector loads, launch geometry) do what the emulation does."""
     case = random_case(**SMALL[name])
-    for dtype, atol in ((torch.float32, EMULATED_FP32_ATOL), (torch.float16, None)):
+    for dtype, atol in ((torch.float32, KERNEL_GPU_EMULATED_ATOL), (torch.float16, None)):
         host = loader.deform_conv_emulated(*case.to(dtype).args())
         gpu = loader.deform_conv_cuda(*case.to(dtype).to("cuda").args()).cpu()
         span = float(host.float().max() - host.float().min())
@@ -124,7 +122,7 @@ def test_no_mask_no_bias_and_channels_last_input(kernel):
     ref = tv(case.input, case.offset, case.weight, None, stride=1, padding=1, dilation=1)
     channels_last = case.input.to(memory_format=torch.channels_last)
     out = loader.deform_conv_cuda(channels_last, case.offset, None, case.weight, None, 1, 1, 1)
-    assert float((out - ref).abs().max()) <= FP32_ATOL
+    assert float((out - ref).abs().max()) <= KERNEL_GPU_FP32_ATOL
 
 
 def test_runs_on_the_current_stream(kernel):
