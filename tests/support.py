@@ -136,6 +136,7 @@ TRT_FP32_CLIP_ATOL = 1e-3     # FP32 engines (no TF32) vs ONNX Runtime FP32, who
 TRT_FP16_MIN_PSNR_DB = 40.0   # FP16 engines vs ONNX Runtime FP32, peak = reference range
 CUDA_GRAPH_ATOL = 1e-6        # replayed CUDA graphs vs plain execution of the same engines
 
+COMPARE_FP32_ATOL = 1e-5  # plugin graph vs DeformConv graph through the compare harness
 # the deformable-convolution kernel (tests/plugins)
 KERNEL_GPU_FP32_ATOL = 1e-4  # FP32 kernel on a GPU vs FP32 torchvision and the float64 reference
 KERNEL_GPU_EMULATED_ATOL = 1e-5  # GPU vs the CPU emulation of the same code (FMA contraction)

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from support import run_cli
+from support import COMPARE_FP32_ATOL, run_cli
 
 from hirn.core.graphs import graph_specs
 from hirn.export.engine import (
@@ -48,7 +48,6 @@ from hirn.export.manifest import sha256_of
 from hirn.export.onnx_export import ExportOptions, _describe, export_onnx
 from hirn.train import HiRN
 
-COMPARE_FP32_ATOL = 1e-5  # plugin graph vs DeformConv graph through the compare harness
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 TRT_VERSION = "10.13.0.35"
 SMALL = ["compose", "step_backward"]  # cheap graphs to export: flow math and a DCN
