@@ -228,3 +228,26 @@ def test_the_readme_configs_load():
     assert configs  # the training lines name the shipped configs
     for path in configs:
         load_config(REPO / path)
+
+
+def _steps(lines: list[str]) -> list[list[str]]:
+    """The ruff and pytest commands of shell lines, without ``python -m`` and the options
+    that only shape the output (``--durations``)."""
+    steps = []
+    for line in lines:
+        for part in line.split("#")[0].split("&&"):
+            words = shlex.split(part.split("||")[0])
+            if words[:2] == ["python", "-m"]:
+                words = words[2:]
+            if words and words[0] in ("ruff", "pytest"):
+                steps.append([w for w in words if not w.startswith("--durations")])
+    return steps
+
+
+def test_the_readme_runs_the_tests_as_ci_does():
+    """The README's test line is what .ci/run runs (the two pytest runs included)."""
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    shown = [line for line in README.read_text().splitlines() if '.[test]"' in line]
+    assert len(shown) == 1, shown
+    assert _steps(shown) == _steps(ci)
+    assert ["pytest", "-m", "serial"] in _steps(ci)
