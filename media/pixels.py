@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 from hirn.core.errors import SinkError
 
+# pixel format -> its YUV4MPEG2 C tag: what a Y4M pipe carries (media/y4m.py)
+Y4M_FORMATS = {"yuv420p": "420", "yuv422p": "422", "yuv444p": "444", "yuv411p": "411",
+               **{f"yuv{c}p{b}le": f"{c}p{b}" for c in (420, 422, 444)
+                  for b in (9, 10, 12, 14, 16)},
+               "gray": "mono", **{f"gray{b}le": f"mono{b}" for b in (9, 10, 12, 16)}}
 # codec -> (format for 8-bit sources, format for deeper ones); y4m is the pipe output
 DEFAULT_FORMATS = {"h264": ("yuv420p", "yuv420p"), "h265": ("yuv420p", "yuv420p10le"),
                    "ffv1": ("bgr0", "gbrp16le"), "png": ("rgb24", "rgb48be"),
@@ -74,9 +79,7 @@ def encoder_formats(codec: str) -> tuple[str, ...]:
     if codec == "png":
         return PNG_FORMATS
     if codec == "y4m":
-        from hirn.media.y4m import FORMATS
-
-        return tuple(FORMATS)
+        return tuple(Y4M_FORMATS)
     import av
 
     listed = av.codec.Codec(ENCODERS[codec], "w").video_formats or ()

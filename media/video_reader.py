@@ -143,7 +143,8 @@ class VideoSource(FrameSource):
         except (av.FFmpegError, OSError) as error:
             if is_out_of_memory(error):  # says nothing of the file
                 raise
-            raise DecodeError(f"{path}: its first frame cannot be decoded ({_reason(error)}); "
+            raise DecodeError(f"{path}: its first frame cannot be decoded "
+                              f"({error_reason(error)}); "
                               f"the file is damaged or uses a codec this FFmpeg lacks",
                               frames_read=0) from error
         if first is None:
@@ -240,7 +241,8 @@ class VideoSource(FrameSource):
                     if is_out_of_memory(error):  # says nothing of the file
                         raise
                     raise DecodeError(
-                        f"{self.path}: decoding failed after {read} frames ({_reason(error)}); "
+                        f"{self.path}: decoding failed after {read} frames "
+                        f"({error_reason(error)}); "
                         f"the file is damaged or truncated", frames_read=read) from error
                 if frame is None:
                     break
@@ -334,7 +336,8 @@ def _open_container(path: Path):
         if is_out_of_memory(error):  # says nothing of the file
             raise
         raise SourceError(
-            f"{path} is not a video FFmpeg can read ({_reason(error)}): pass a video file or a "
+            f"{path} is not a video FFmpeg can read ({error_reason(error)}): pass a video file "
+            f"or a "
             f"folder of images (a video cut short, e.g. an MP4 missing its end, cannot be read "
             f"either)") from error
 
@@ -351,7 +354,8 @@ def _parse_duration(text: str) -> Fraction | None:
     return total
 
 
-def _reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
+    """An OS or FFmpeg error in a few words (its strerror where it has one)."""
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
@@ -411,7 +415,7 @@ class ImageFolderSource(FrameSource):
         try:
             data = np.fromfile(file, dtype=np.uint8)
         except OSError as error:
-            raise DecodeError(f"{file} cannot be read ({_reason(error)})",
+            raise DecodeError(f"{file} cannot be read ({error_reason(error)})",
                               frames_read=index) from error
         flags = cv2.IMREAD_UNCHANGED
         if file.suffix.lower() in JPEG_SUFFIXES:

@@ -27,17 +27,15 @@ import numpy as np
 
 from hirn.core.errors import DecodeError, SinkError, SourceError
 from hirn.media.colour import FULL, LIMITED, Colour, guess_matrix
-from hirn.media.pixels import Sampling
-from hirn.media.video_reader import Frame, VideoSource, _reason
+from hirn.media.pixels import Y4M_FORMATS, Sampling
+from hirn.media.video_reader import Frame, VideoSource, error_reason
 from hirn.media.video_writer import FrameSink, rgb_format
 
 PIPE = "-"  # INPUT or OUTPUT naming standard input / output
 MAGIC = b"YUV4MPEG2"
 MAX_HEADER = 4096  # bytes: a header longer than this is not a Y4M header
 # pixel format -> C tag (4:2:0 at 8 bits takes its siting: 420jpeg, 420mpeg2, 420paldv)
-FORMATS = {"yuv420p": "420", "yuv422p": "422", "yuv444p": "444", "yuv411p": "411",
-           **{f"yuv{c}p{b}le": f"{c}p{b}" for c in (420, 422, 444) for b in (9, 10, 12, 14, 16)},
-           "gray": "mono", **{f"gray{b}le": f"mono{b}" for b in (9, 10, 12, 16)}}
+FORMATS = Y4M_FORMATS  # pixel format -> C tag
 SITINGS = ("jpeg", "mpeg2", "paldv")  # 4:2:0 chroma between, left of, top-left of the lumas
 # C tag -> pixel format (FFmpeg's reading of it), for the size of a frame
 PIX_FMTS = {**{tag: fmt for fmt, tag in FORMATS.items()},
@@ -251,7 +249,8 @@ class Y4MSource(VideoSource):
             first = next(self._frames, None)
         except (av.FFmpegError, OSError) as error:
             raise SourceError(f"the Y4M stream on standard input cannot be read "
-                              f"({_reason(error)}): its header says {line.decode()!r}") from error
+                              f"({error_reason(error)}): its header says "
+                              f"{line.decode()!r}") from error
         if first is None:
             cut = self._cut(0)
             raise SourceError(f"the Y4M stream on standard input {cut}: it holds no whole "
@@ -285,7 +284,7 @@ class Y4MSource(VideoSource):
                     frame = next(frames, None)
                 except (av.FFmpegError, OSError) as error:
                     raise DecodeError(f"the Y4M stream on standard input broke off after "
-                                      f"{read} frames ({_reason(error)})",
+                                      f"{read} frames ({error_reason(error)})",
                                       frames_read=read) from error
                 if frame is None:
                     break
