@@ -21,6 +21,7 @@ import numpy as np
 
 from hirn.core.errors import DecodeError, SourceError, is_out_of_memory
 from hirn.core.files import natural_key
+from hirn.core.words import name_frames
 from hirn.media.colour import Colour, read_colour
 from hirn.media.damage import DamageWatch
 from hirn.media.pixels import Sampling
@@ -34,7 +35,6 @@ FPS_DENOMINATOR = 1001  # an image folder's rate is kept to 1/1001: 30000/1001 s
 # A video that ends this far short of the time its container announces gets a note that it may
 # be cut short (matroska, for one, just stops at a cut); the slack absorbs rounding.
 SHORTFALL_SLACK = (2, 0.05)  # frames, share of the announced length
-_SHOWN_FRAMES = 5  # frame numbers listed in a note
 
 
 class Frame(NamedTuple):
@@ -270,11 +270,8 @@ class VideoSource(FrameSource):
                        f"be decoded: missing from the output, and the frame after each counts "
                        f"as damaged")
         if damaged:
-            shown = ", ".join(map(str, damaged[:_SHOWN_FRAMES]))
-            hidden = len(damaged) - _SHOWN_FRAMES
-            more = f" and {hidden} more" if hidden > 0 else ""
             self._note(f"{len(damaged)} of {read} frames were decoded with errors that FFmpeg "
-                       f"concealed (frames {shown}{more}, counted from 0): the input is "
+                       f"concealed ({name_frames(damaged)}, counted from 0): the input is "
                        f"damaged or cut short, and so are those frames of the output")
 
     def _note_rotation(self, degrees: int) -> int:

@@ -34,6 +34,7 @@ from hirn.core.errors import (
     address_space_limit,
     is_out_of_memory,
 )
+from hirn.core.words import name_frames
 from hirn.media.video import FrameSink, FrameSource, open_sink, open_source
 from hirn.runtime.backends import Runner
 from hirn.runtime.driver import SampleCollector, upscale_clip
@@ -59,7 +60,6 @@ from hirn.runtime.windows import GOP_FRAMES, Window, check_window, iter_windows
 DEFAULT_WINDOW = 24
 DEFAULT_OVERLAP = 4
 _POLL = 0.1  # seconds between checks of the other thread while waiting on a queue
-_SHOWN_FRAMES = 5  # frame numbers listed in a message
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def upscale(source: FrameSource, sink: FrameSink, runner: Runner, config: RunCon
     if recompute.frames:
         stats.notes.append(
             f"the model's output held NaN or Inf values in half precision (an overflow) in "
-            f"{_name_frames(recompute.frames)} (counted from 0): the windows holding them "
+            f"{name_frames(recompute.frames)} (counted from 0): the windows holding them "
             f"were computed again in FP32")
     return stats
 
@@ -315,18 +315,10 @@ def _refuse_damaged(source: FrameSource, window: Window) -> None:
     damaged = [i for i in list(source.damaged) if i < window.stop]
     if damaged:
         raise DamagedFramesError(
-            f"{source.path}: the decoder found errors in {_name_frames(damaged)} "
+            f"{source.path}: the decoder found errors in {name_frames(damaged)} "
             f"(counted from 0) and concealed them: the input is damaged or cut short; nothing "
             f"was written (drop --strict to upscale it anyway, with a note naming those "
             f"frames)")
-
-
-def _name_frames(frames: list[int]) -> str:
-    """``frame 3``, ``frames 3, 8, 9``, or the first few ``and N more``."""
-    shown = ", ".join(map(str, frames[:_SHOWN_FRAMES]))
-    hidden = len(frames) - _SHOWN_FRAMES
-    more = f" and {hidden} more" if hidden > 0 else ""
-    return f"{'frame' if len(frames) == 1 else 'frames'} {shown}{more}"
 
 
 @dataclass

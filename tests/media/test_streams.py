@@ -243,7 +243,7 @@ def test_a_bit_flipped_p_frame_is_named(flipped_mp4, tiny_checkpoint, tmp_path, 
     result = invoke(flipped_mp4, "-o", tmp_path / "out.mkv", "--checkpoint", tiny_checkpoint,
                     "--codec", "ffv1", *THREADS)
     assert result.exit_code == 0, result.output
-    assert "1 of 4 frames were decoded with errors that FFmpeg concealed (frames 2, " \
+    assert "1 of 4 frames were decoded with errors that FFmpeg concealed (frame 2, " \
            "counted from 0)" in result.output
 
 

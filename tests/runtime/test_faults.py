@@ -226,7 +226,7 @@ def test_frames_decoded_with_errors_are_named_in_a_note(tmp_path, media, tiny_ch
     assert result.exit_code == 0, result.output
     written = read_frames(tmp_path / "out.mkv")
     assert f"1 of {len(written)} frames were decoded with errors that FFmpeg concealed " \
-           f"(frames {len(written) - 1}, counted from 0)" in result.output
+           f"(frame {len(written) - 1}, counted from 0)" in result.output
     intact = media.write_video(tmp_path / "intact.h264", media.synthetic_frames(2))
     result = invoke(intact, "-o", tmp_path / "intact.mkv", "--checkpoint", tiny_checkpoint,
                     "--codec", "ffv1", *THREADS)
