@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hirn.core.errors import SinkError
 
 # pixel format -> its YUV4MPEG2 C tag: what a Y4M pipe carries (media/y4m.py)
@@ -89,3 +91,13 @@ def encoder_formats(codec: str) -> tuple[str, ...]:
                  and not any(c.is_alpha for c in f.components)
                  and not f.name.startswith(("nv", "ya", "yuvj"))
                  and not f.name.endswith(("f16le", "f32le")))
+
+
+def to_depth(image: np.ndarray, dtype) -> np.ndarray:
+    """``image`` (uint8 or uint16 RGB) as ``dtype``: 8 -> 16 bits exactly (x 257), 16 -> 8
+    rounded."""
+    if image.dtype == dtype:
+        return image
+    if dtype == np.uint16:
+        return image.astype(np.uint16) * 257
+    return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)

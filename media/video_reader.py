@@ -24,7 +24,7 @@ from hirn.core.files import natural_key
 from hirn.core.words import name_frames
 from hirn.media.colour import Colour, read_colour
 from hirn.media.damage import DamageWatch
-from hirn.media.pixels import Sampling
+from hirn.media.pixels import Sampling, to_depth
 from hirn.media.streams import describe_extras
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -441,12 +441,10 @@ class ImageFolderSource(FrameSource):
         if self._dtype is None:
             self._dtype = image.dtype
             self.sampling = Sampling(bits=16 if image.dtype == np.uint16 else 8)
-        if self._dtype == np.uint16 and image.dtype == np.uint8:
-            image = image.astype(np.uint16) * 257
-        elif self._dtype == np.uint8 and image.dtype == np.uint16:
+        if self._dtype == np.uint8 and image.dtype == np.uint16:
             self._note("16-bit images after 8-bit ones reduced to 8-bit (the first image "
                        "decides the depth)")
-            image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        image = to_depth(image, self._dtype)
         if image.ndim == 2 or image.shape[2] == 1:
             self._note("gray images converted to RGB")
             return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

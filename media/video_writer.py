@@ -26,6 +26,7 @@ import numpy as np
 
 from hirn.core.errors import OutputExistsError, SinkError, is_out_of_memory
 from hirn.media.colour import FULL, Colour
+from hirn.media.pixels import format_bits, to_depth
 from hirn.media.streams import StreamCopier
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
@@ -61,8 +62,6 @@ class FrameSink:
 
     def __init__(self, path: Path, temp: Path, *, width: int, height: int, fps: Fraction,
                  time_base: Fraction, codec: str, overwrite: bool, pix_fmt: str):
-        from hirn.media.pixels import format_bits
-
         self.path, self._temp = path, temp
         self.width, self.height, self.fps, self.time_base = width, height, fps, time_base
         self.codec, self._overwrite = codec, overwrite
@@ -338,16 +337,6 @@ class ImageFolderSink(FrameSink):
                     "video (.mkv, .mp4) to keep it")
             if text not in self.notes:
                 self.notes.append(text)
-
-
-def to_depth(image: np.ndarray, dtype) -> np.ndarray:
-    """``image`` (uint8 or uint16 RGB) as ``dtype``: 8 -> 16 bits exactly (x 257), 16 -> 8
-    rounded."""
-    if image.dtype == dtype:
-        return image
-    if dtype == np.uint16:
-        return image.astype(np.uint16) * 257
-    return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def rgb_format(image: np.ndarray) -> str:
