@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import BackendError
+from hirn.core.errors import BackendError, ModelFolderError
+from hirn.core.graphs import graph_specs
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 DEFAULT_BATCH = 4  # frames per call of the batchable graphs, unless a window needs fewer
@@ -167,6 +168,25 @@ class Runner(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ManifestRunner(Runner):
+    """A runner of an exported folder (ONNX graphs or TensorRT engines): the graphs' inputs,
+    which take batches and which are missing are read from its manifest here, once."""
+
+    def _take_manifest(self, folder: str | Path, manifest: dict) -> None:
+        """Keep ``folder`` and its checked ``manifest``; refuse a folder without every graph
+        the model needs."""
+        self.folder, self.manifest = Path(folder), manifest
+        graphs = manifest["graphs"]
+        needed = [s.name for s in graph_specs(manifest["model"]["mid_channels"])]
+        if missing := [name for name in needed if name not in graphs]:
+            raise ModelFolderError(f"{self.folder} lacks the graphs {missing}; export the "
+                                   "whole model again (hirn-export)")
+        Runner.__init__(self, {name: [t["name"] for t in g["inputs"]]
+                               for name, g in graphs.items()},
+                        manifest["model"]["mid_channels"],
+                        batchable={name: g.get("batchable", True) for name, g in graphs.items()})
 
 
 class HostArrays:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hirn.core.errors import BackendError, ModelFolderError
-from hirn.core.graphs import FEATURE, FLOW, graph_specs
+from hirn.core.errors import BackendError
+from hirn.core.graphs import FEATURE, FLOW
 from hirn.core.imports import require
 from hirn.export.manifest import verify_folder
 
-from .base import BackendConfig, HostArrays, Runner, check_onnx_config
+from .base import BackendConfig, HostArrays, ManifestRunner, check_onnx_config
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 # Nodes the CUDA provider lacks fall back to the CPU (ONNX Runtime copies for them).
@@ -63,7 +63,7 @@ def check_config(config: BackendConfig) -> None:
     check_onnx_config(config, "onnxruntime")
 
 
-class _SessionRunner(Runner):
+class _SessionRunner(ManifestRunner):
     """One ONNX Runtime session per graph of a verified folder; subclasses own the arrays."""
 
     name = "onnxruntime"
@@ -78,13 +78,10 @@ class _SessionRunner(Runner):
             precision: the precision asked for, which must be the folder's (None: any).
         """
         ort = _import_onnxruntime()
-        self.folder, self.device = Path(folder), device
-        self.manifest = verify_folder(self.folder)
+        self.device = device
+        self._take_manifest(folder, verify_folder(Path(folder)))
         self._check_folder(precision)
         graphs = self.manifest["graphs"]
-        super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
-                         self.manifest["model"]["mid_channels"],
-                         batchable={name: g["batchable"] for name, g in graphs.items()})
         available = ort.get_available_providers()
         if self.providers[0] not in available:
             raise BackendError(
@@ -115,10 +112,6 @@ class _SessionRunner(Runner):
             raise BackendError(
                 f"{self.folder} holds {exported} graphs, not {precision}: leave --precision "
                 f"out, or export {precision} graphs (hirn-export onnx --precision {precision})")
-        needed = [s.name for s in graph_specs(self.manifest["model"]["mid_channels"])]
-        if missing := [name for name in needed if name not in self.manifest["graphs"]]:
-            raise ModelFolderError(f"{self.folder} lacks the graphs {missing}; export the "
-                                   "whole model with hirn-export onnx")
 
     def _zeros_spec(self, kind: str, batch: int, height: int, width: int):
         """Shape and dtype of a missing ``feature`` or ``flow`` input."""

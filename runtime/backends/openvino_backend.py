@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from hirn.core.constants import FP32_GRAPHS
-from hirn.core.errors import BackendError, ModelFolderError
-from hirn.core.graphs import graph_specs
+from hirn.core.errors import BackendError
 from hirn.core.imports import require
 from hirn.export.manifest import verify_folder
 
-from .base import BackendConfig, HostArrays, Runner, check_onnx_config
+from .base import BackendConfig, HostArrays, ManifestRunner, check_onnx_config
 
 # OpenVINO's precision hint for each of ours, by device kind
 PRECISION_HINTS = {"cpu": {"fp32": "f32", "bf16": "bf16"},
@@ -89,7 +88,7 @@ def cache_folder() -> Path:
     return cache_dir() / "openvino"
 
 
-class OpenVinoRunner(HostArrays, Runner):
+class OpenVinoRunner(HostArrays, ManifestRunner):
     """OpenVINO on the CPU or an Intel GPU; arrays are float32 numpy arrays."""
 
     name = "openvino"
@@ -110,15 +109,12 @@ class OpenVinoRunner(HostArrays, Runner):
                 :func:`openvino_has_bf16`; tests simulate a CPU without it).
         """
         ov = _import_openvino()
-        self.folder, self.precision = Path(folder), precision
+        self.precision = precision
         self.ov_device = openvino_device(device)
         self.device = "cpu"  # where the arrays live, whichever device computes
-        self.manifest = verify_folder(self.folder)
+        self._take_manifest(folder, verify_folder(Path(folder)))
         self._check_folder()
         graphs = self.manifest["graphs"]
-        super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
-                         self.manifest["model"]["mid_channels"],
-                         batchable={name: g["batchable"] for name, g in graphs.items()})
         self.core = ov.Core()
         if self.ov_device not in self.core.available_devices:
             raise BackendError(f"requested OpenVINO device {self.ov_device}, available: "
@@ -141,10 +137,6 @@ class OpenVinoRunner(HostArrays, Runner):
         if self.manifest["dcn"] == "plugin":
             raise BackendError(f"{self.folder} uses the HirnDeformConv plugin op, which "
                                "OpenVINO cannot read: export with --dcn onnx")
-        needed = [s.name for s in graph_specs(self.manifest["model"]["mid_channels"])]
-        if missing := [name for name in needed if name not in self.manifest["graphs"]]:
-            raise ModelFolderError(f"{self.folder} lacks the graphs {missing}; export the "
-                                   "whole model with hirn-export onnx")
 
     def _hint(self, kind: str, native_bf16: Callable[[object], bool] | None) -> str:
         """OpenVINO's precision hint for the feature graphs, after checking it runs here."""

@@ -46,7 +46,7 @@ from hirn.export.engine_cache import (
     verify_engine_folder,
 )
 
-from .base import BackendConfig, Runner, refuse_compile
+from .base import BackendConfig, ManifestRunner, refuse_compile
 
 if TYPE_CHECKING:
     from torch import device as torch_device
@@ -142,7 +142,7 @@ class _Captured:
     graph: object     # torch.cuda.CUDAGraph
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(ManifestRunner):
     """Runs the per-step TensorRT engines of an engine folder on one GPU."""
 
     name = "tensorrt"
@@ -156,11 +156,8 @@ class TensorRTRunner(Runner):
             batch_size: frames per batchable call the driver will send (checked against
                 the engines' ``--max-batch``).
         """
-        self.folder = Path(folder)
-        self.manifest = check_engine_folder(self.folder, batch_size)
+        self._take_manifest(folder, check_engine_folder(Path(folder), batch_size))
         graphs = self.manifest["graphs"]
-        super().__init__({name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()},
-                         self.manifest["model"]["mid_channels"])
         self.element_size = np.dtype(graphs["encode"]["outputs"][0]["dtype"]).itemsize
         trt = _import_tensorrt()
         import torch

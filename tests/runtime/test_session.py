@@ -92,3 +92,21 @@ def test_a_session_closes_its_runner_when_the_run_fails(tiny_checkpoint, tiny_on
         runner = session._runner
         session.upscale_file(tmp_path / "in.mkv", tmp_path / "x4.mkv")  # exists already
     assert runner.closed
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_folder_without_every_graph_is_refused_by_name(backend, tiny_checkpoint, tiny_onnx,
+                                                         tmp_path):
+    import json
+    import shutil
+
+    from hirn.core.errors import ModelFolderError
+
+    folder = tmp_path / "graphs"
+    shutil.copytree(tiny_onnx, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["graphs"]["step_group"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "step_group.onnx").unlink()
+    with pytest.raises(ModelFolderError, match=r"lacks the graphs \['step_group'\]"):
+        create_runner(_config(backend, tiny_checkpoint, folder))
