@@ -77,7 +77,10 @@ def _one_window(order: str, frames: int, size: tuple[int, int], batch: int,
 
 
 def _run(runner, clip, order: str, batch: int, keep: slice) -> None:
-    from hirn.runtime.driver import SampleCollector, upscale_clip, upscale_clip_in_plan_order
+    from hirn.runtime.driver import SampleCollector, upscale_clip
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from plan_order import upscale_clip_in_plan_order  # the tests' oracle
 
     if order == "plan":
         upscale_clip_in_plan_order(runner, clip, batch, keep)

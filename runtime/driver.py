@@ -11,13 +11,14 @@ from hirn.core.constants import SCALE
 from hirn.core.graphs import step_graph_name
 from hirn.core.liveness import make_schedule
 from hirn.core.recurrence import walk
-from hirn.core.schedule import SPATIAL, FeatureRef, FlowRef, mirrored
+from hirn.core.schedule import FlowRef, mirrored
 
 from .backends.base import Runner
 from .padding import crop_output, to_samples
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def batches(items: list, size: int) -> Iterator[list]:
+    """``items`` in consecutive lists of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -79,12 +80,12 @@ def upscale_clip(runner: Runner, frames: np.ndarray, batch_size: int = 4,
             on_output(first, hr)
 
     # The plan's flows in the usual batches (the same bits), then only those still read.
-    flows = _compute_flows(runner, lq, t, schedule.plan.flows(), is_mirror_extended(frames),
+    flows = compute_flows(runner, lq, t, schedule.plan.flows(), is_mirror_extended(frames),
                            batch_size)
     flows = {f: flows[f] for f in schedule.flows()}
     zero_feature = runner.zeros("feature", 1, h, w)
     walk(schedule.plan, {}, flows,
-         run_step=lambda step, inputs: runner.run(_graph_of(step), *inputs),
+         run_step=lambda step, inputs: runner.run(graph_of(step), *inputs),
          compose=lambda a, b: runner.run("compose", a, b),
          zero_feature=zero_feature, zero_flow=runner.zeros("flow", 1, h, w),
          schedule=schedule,
@@ -113,38 +114,12 @@ class SampleCollector:
             self.bad.extend(int(first + i) for i in np.flatnonzero(~finite))
 
 
-def upscale_clip_in_plan_order(runner: Runner, frames: np.ndarray, batch_size: int = 4,
-                               keep: slice = slice(None)) -> np.ndarray:
-    """:func:`upscale_clip` as it ran before the liveness order: encode all, flow all, walk
-    the plan in its own order keeping every map, then decode. The same output to the bit;
-    kept as the baseline of ``benchmarks/window_memory.py`` and of the tests."""
-    t, _, h, w = frames.shape
-    plan = make_schedule(t).plan
-    features = {}
-    for batch in _batches(list(range(t)), batch_size):
-        maps = runner.split(runner.run("encode", runner.from_numpy(frames[batch[0]:batch[-1] + 1])))
-        features.update({FeatureRef(SPATIAL, i): m for i, m in zip(batch, maps)})
-    flows = _compute_flows(runner, lambda fs: runner.from_numpy(frames[list(fs)]), t,
-                           plan.flows(), is_mirror_extended(frames), batch_size)
-    zero = runner.zeros("feature", 1, h, w)
-    walk(plan, features, flows, run_step=lambda s, x: runner.run(_graph_of(s), *x),
-         compose=lambda a, b: runner.run("compose", a, b), zero_feature=zero,
-         zero_flow=runner.zeros("flow", 1, h, w))
-    outputs = [np.zeros((0, 3, SCALE * h, SCALE * w), np.float32)]
-    for batch in _batches(list(range(t))[keep], batch_size):
-        maps = [[zero if r is None else features[r] for r in plan.decode_inputs(i)]
-                for i in batch]
-        inputs = [runner.from_numpy(frames[batch[0]:batch[-1] + 1])]
-        inputs += [runner.concat([m[k] for m in maps]) for k in range(len(maps[0]))]
-        outputs.append(runner.to_numpy(runner.run("decode", *inputs)))
-    return np.concatenate(outputs, axis=0)
-
-
-def _graph_of(step) -> str:
+def graph_of(step) -> str:
+    """The per-step graph that computes ``step`` of the plan."""
     return step_graph_name(step.branch, step.aligned)
 
 
-def _compute_flows(runner: Runner, lq: Callable[[tuple[int, ...]], object], num_frames: int,
+def compute_flows(runner: Runner, lq: Callable[[tuple[int, ...]], object], num_frames: int,
                    needed: tuple[FlowRef, ...], mirror: bool,
                    batch_size: int) -> dict[FlowRef, object]:
     """Every flow the plan reads, batched; a mirrored clip reuses its backward flows.
@@ -152,7 +127,7 @@ def _compute_flows(runner: Runner, lq: Callable[[tuple[int, ...]], object], num_
     source = {f: (mirrored(f, num_frames) if mirror else f) for f in needed}
     unique = sorted(set(source.values()))
     computed = {}
-    for batch in _batches(unique, batch_size):
+    for batch in batches(unique, batch_size):
         refs = lq(tuple(f.frames()[0] for f in batch))
         supps = lq(tuple(f.frames()[1] for f in batch))
         for f, flow in zip(batch, runner.split(runner.run("flow", refs, supps))):

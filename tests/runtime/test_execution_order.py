@@ -4,11 +4,12 @@ liveness order, give exactly what the plan-order walk (keeping every map) gives.
 import numpy as np
 import pytest
 import torch
+from plan_order import upscale_clip_in_plan_order
 
 from hirn.core.recurrence import walk
 from hirn.core.schedule import SPATIAL, FeatureRef, make_plan
 from hirn.runtime.backends.torch_backend import TorchRunner
-from hirn.runtime.driver import upscale_clip, upscale_clip_in_plan_order
+from hirn.runtime.driver import upscale_clip
 from hirn.train import HiRN
 
 
