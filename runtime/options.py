@@ -129,9 +129,8 @@ _OPTIONS = [
                  help="cpu, cuda or cuda:N (NVIDIA), gpu or gpu:N (Intel graphics, openvino)"),
     click.option("--precision", type=click.Choice(PRECISIONS),
                  help="features in fp16 (CUDA, Intel GPUs) or bf16 (CPUs that compute it "
-                      "natively), flows in fp32 [default on the CPU: bf16 where the CPU has it "
-                      "(torch, openvino), else fp32]; onnxruntime runs an ONNX folder in the "
-                      "precision it was exported in"),
+                      "natively), flows in fp32 [default on the CPU: fp32 (torch, openvino)]; "
+                      "onnxruntime runs an ONNX folder in the precision it was exported in"),
     click.option("--compile", "compile_steps", is_flag=True,
                  help="torch backend: compile the step modules with torch.compile (a long "
                       "warm-up, for long videos on a GPU; "
