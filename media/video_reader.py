@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 
@@ -141,12 +141,9 @@ class VideoSource(FrameSource):
         try:
             first = next(container.decode(stream), None)
         except (av.FFmpegError, OSError) as error:
-            if is_out_of_memory(error):  # says nothing of the file
-                raise
-            raise DecodeError(f"{path}: its first frame cannot be decoded "
-                              f"({error_reason(error)}); "
-                              f"the file is damaged or uses a codec this FFmpeg lacks",
-                              frames_read=0) from error
+            _refuse(error, DecodeError(
+                f"{path}: its first frame cannot be decoded ({error_reason(error)}); the file "
+                f"is damaged or uses a codec this FFmpeg lacks", frames_read=0))
         if first is None:
             raise SourceError(f"{path} holds a video stream but no frames: it is empty")
         self._coded = first.width, first.height
@@ -238,12 +235,10 @@ class VideoSource(FrameSource):
                 try:
                     frame = next(frames, None)
                 except (av.FFmpegError, OSError) as error:
-                    if is_out_of_memory(error):  # says nothing of the file
-                        raise
-                    raise DecodeError(
+                    _refuse(error, DecodeError(
                         f"{self.path}: decoding failed after {read} frames "
-                        f"({error_reason(error)}); "
-                        f"the file is damaged or truncated", frames_read=read) from error
+                        f"({error_reason(error)}); the file is damaged or truncated",
+                        frames_read=read))
                 if frame is None:
                     break
                 pts = frame.pts
@@ -330,13 +325,10 @@ def _open_container(path: Path):
         raise SourceError(f"{path} ends before its first frame: the video is empty (or cut "
                           f"short)") from error
     except (av.FFmpegError, OSError) as error:
-        if is_out_of_memory(error):  # says nothing of the file
-            raise
-        raise SourceError(
-            f"{path} is not a video FFmpeg can read ({error_reason(error)}): pass a video file "
-            f"or a "
-            f"folder of images (a video cut short, e.g. an MP4 missing its end, cannot be read "
-            f"either)") from error
+        _refuse(error, SourceError(
+            f"{path} is not a video FFmpeg can read ({error_reason(error)}): pass a video "
+            f"file or a folder of images (a video cut short, e.g. an MP4 missing its end, "
+            f"cannot be read either)"))
 
 
 def _parse_duration(text: str) -> Fraction | None:
@@ -349,6 +341,14 @@ def _parse_duration(text: str) -> Fraction | None:
     if fraction:
         total += Fraction(int(fraction), 10 ** len(fraction))
     return total
+
+
+def _refuse(error: BaseException, refusal: SourceError) -> NoReturn:
+    """Raise ``refusal`` for an FFmpeg or system ``error`` of the file, unless memory ran
+    out: that says nothing of the file and is raised unchanged."""
+    if is_out_of_memory(error):
+        raise error
+    raise refusal from error
 
 
 def error_reason(error: BaseException) -> str:

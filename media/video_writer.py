@@ -45,7 +45,28 @@ ENCODER_OPTIONS = {"libx265": {"x265-params": "log-level=error"},
                    "ffv1": {"level": "3", "slices": "16", "slicecrc": "1"}}
 
 
-class FrameSink:
+class FrameSinkBase:
+    """What the pipeline asks of every sink, an output's and ``--resume``'s segments alike:
+    ``needs_window`` before each window, ``write(image, pts)``, and as a context manager
+    ``close()`` after success or ``abort()`` after any exception (KeyboardInterrupt
+    included)."""
+
+    def needs_window(self, index: int, window) -> bool:
+        """Whether the frames of window ``index`` must be computed and written next; a sink
+        that keeps windows of an earlier run (``--resume``'s segments) says False for those."""
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class FrameSink(FrameSinkBase):
     """Writes ``[H, W, 3]`` RGB frames; the output appears only on a successful close().
 
     Use as a context manager; ``write(image, pts=None)`` adds a frame (pts in ``time_base``
@@ -75,11 +96,6 @@ class FrameSink:
         self._cleanup = weakref.finalize(self, _remove, temp)
 
     # -- public ------------------------------------------------------------------------------
-
-    def needs_window(self, index: int, window) -> bool:
-        """Whether the frames of window ``index`` must be computed and written next; a sink
-        that keeps windows of an earlier run (``--resume``'s segments) says False for those."""
-        return True
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
         """Add one frame: ``image`` [H, W, 3] uint8 or uint16 RGB, ``pts`` in time_base units
@@ -119,14 +135,6 @@ class FrameSink:
         finally:
             self._cleanup()
 
-    def __enter__(self) -> FrameSink:
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:  # any exception, KeyboardInterrupt included
-            self.abort()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.path)!r}, {self.codec}, "

@@ -43,7 +43,7 @@ from hirn.core.errors import ResumeError
 from hirn.core.files import atomic_write_text, natural_key
 from hirn.media.streams import StreamCopier
 from hirn.media.video import FrameSink, FrameSource, open_sink
-from hirn.media.video_writer import VIDEO_FORMATS, close_quietly, make_temp
+from hirn.media.video_writer import VIDEO_FORMATS, FrameSinkBase, close_quietly, make_temp
 from hirn.runtime.progress import note
 from hirn.runtime.resume_folder import (
     FREE_OPTIONS,
@@ -107,9 +107,9 @@ def options_identity(config: RunConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if k not in FREE_OPTIONS}
 
 
-class Segments:
-    """Stands in for the output's FrameSink in :func:`~hirn.runtime.pipeline.upscale`: frames
-    go into one segment per window; ``close()`` joins them into the output.
+class Segments(FrameSinkBase):
+    """The sink :func:`~hirn.runtime.pipeline.upscale` writes into in place of the output's:
+    frames go into one segment per window; ``close()`` joins them into the output.
 
     ``finished(index, window)`` says whether an earlier run finished that window (then the
     pipeline skips it); ``begin(index, window)`` announces the frames of a window to be
@@ -253,14 +253,6 @@ class Segments:
         finally:
             self._unlock()
 
-    def __enter__(self) -> Segments:
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
     def _record(self, index: int, window: Window, sink: FrameSink) -> None:
         size, sha256 = segment_digest(sink.path)  # what a later run checks the segment against

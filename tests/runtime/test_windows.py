@@ -17,6 +17,7 @@ import pytest
 from hirn.core.errors import DecodeError, SinkError
 from hirn.core.schedule import make_plan
 from hirn.media.video import open_source, read_frames
+from hirn.media.video_writer import FrameSinkBase
 from hirn.runtime import pipeline
 from hirn.runtime.pipeline import RunConfig, open_output, upscale
 from hirn.runtime.windows import (
@@ -204,14 +205,11 @@ class SyntheticSource:
             yield image, index
 
 
-class CountingSink:
+class CountingSink(FrameSinkBase):
     """Takes frames and keeps only their number and timestamps."""
 
     def __init__(self):
         self.frames_written, self.stamps = 0, []
-
-    def needs_window(self, index, window):
-        return True
 
     def write(self, image, pts):
         self.frames_written += 1
